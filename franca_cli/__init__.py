@@ -1,0 +1,1 @@
+"""The ``franca`` command line."""

@@ -1,0 +1,351 @@
+"""One typed, validated configuration for the whole pipeline.
+
+``PipelineConfig`` is the single object that flows from the CLI / Prefect flow parameter down to every stage;
+each stage receives only its section. Defaults in code are the paper's ViT-B/14 recipe (FRANCA_METHOD.md);
+profile YAMLs in ``franca_core/configs/`` (``tiny``, ``vitb14``, ``vitl14``, ``vitg14``) override them, and
+dotted ``key=value`` overrides (DINOv2's ``opts``) override the profile.
+
+Example:
+    >>> cfg = load_config("tiny", ["train.optim.total_steps=100"])
+    >>> cfg.train.optim.total_steps
+    100
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROFILE_DIR = Path(__file__).parent / "configs"
+PROFILES = ("tiny", "vitb14", "vitl14", "vitg14")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------- data / dedup
+class SyntheticSourceConfig(_Section):
+    """The embedded default source: a generated LAION-style corpus served on 127.0.0.1."""
+
+    n_images: int = Field(2000, gt=0)
+    image_size: int = Field(96, ge=16)
+    seed: int = 0
+    exact_dup_rate: float = Field(0.03, ge=0, le=0.5)
+    near_dup_rate: float = Field(0.03, ge=0, le=0.5)
+    dead_url_rate: float = Field(0.02, ge=0, le=0.5)
+    corrupt_rate: float = Field(0.01, ge=0, le=0.5)
+    non_image_rate: float = Field(0.005, ge=0, le=0.5)
+    filtered_rate: float = Field(0.02, ge=0, le=0.5)
+
+
+class SelectConfig(_Section):
+    """LAION metadata filters and deterministic sampling."""
+
+    min_width: int = Field(32, ge=1)
+    min_height: int = Field(32, ge=1)
+    min_similarity: float = 0.28
+    max_punsafe: float = Field(0.5, ge=0, le=1)
+    max_pwatermark: float = Field(0.8, ge=0, le=1)
+    min_aspect: float = Field(0.33, gt=0)
+    max_aspect: float = Field(3.0, gt=0)
+    languages: list[str] | None = None
+    target_count: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class DownloadConfig(_Section):
+    """img2dataset settings."""
+
+    long_side: int = Field(512, ge=16)
+    processes: int = Field(1, ge=1)
+    threads: int = Field(16, ge=1)
+    retries: int = Field(2, ge=0)
+    timeout_s: float = Field(10.0, gt=0)
+    shard_size: int = Field(1000, ge=1)
+    encode_quality: int = Field(95, ge=1, le=100)
+
+
+class DataConfig(_Section):
+    """Stages 1-2: where the URL list comes from, how it is filtered and downloaded."""
+
+    source: str = "synthetic"  # "synthetic", a LAION-style metadata Parquet, a ../shared/data Parquet or a folder
+    synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
+    select: SelectConfig = SelectConfig()
+    download: DownloadConfig = DownloadConfig()
+
+
+class DedupConfig(_Section):
+    """Stage 3: exact + near-duplicate removal and decontamination against evaluation sets."""
+
+    phash_size: int = Field(8, ge=4)
+    near_dup_max_hamming: int = Field(10, ge=0)
+    ann_neighbours: int = Field(8, ge=1)
+    eval_sets: list[str] = []
+    max_image_pixels: int = Field(64_000_000, gt=0)
+
+
+# ----------------------------------------------------------------------------------------------------- train
+class ModelConfig(_Section):
+    """Backbone (FRANCA_METHOD.md, Backbone)."""
+
+    embed_dim: int = Field(768, gt=0)
+    depth: int = Field(12, gt=0)
+    num_heads: int = Field(12, gt=0)
+    patch_size: int = Field(14, gt=0)
+    img_size: int = Field(224, gt=0)
+    num_registers: int = Field(0, ge=0)
+    layerscale_init: float = 1e-5
+    drop_path: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        return self
+
+
+class HeadConfig(_Section):
+    """One Matryoshka projection head (DINO on CLS or iBOT on patch tokens)."""
+
+    hidden_dim: int = Field(2048, gt=0)
+    bottleneck_dim: int = Field(384, gt=0)
+    n_prototypes: int = Field(131072, gt=0)  # K at the full dimension; level i gets K * d_i / D
+
+
+class HeadsConfig(_Section):
+    """Matryoshka levels: d_i = D / 2**(n_levels-1-i), i.e. D/16 ... D for 5 levels."""
+
+    n_levels: int = Field(5, ge=1, le=8)
+    dino: HeadConfig = HeadConfig()
+    ibot: HeadConfig = HeadConfig(bottleneck_dim=256)
+
+
+class CropsConfig(_Section):
+    """Multi-crop (FRANCA_METHOD.md, Multi-crop)."""
+
+    global_size: int = Field(224, gt=0)
+    local_size: int = Field(98, gt=0)
+    n_local: int = Field(8, ge=0)
+    global_scale: tuple[float, float] = (0.32, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    color_jitter: bool = True
+    blur: bool = True
+
+
+class MaskingConfig(_Section):
+    """CyclicMask."""
+
+    ratio_min: float = Field(0.1, ge=0, lt=1)
+    ratio_max: float = Field(0.65, gt=0, lt=1)
+    masked_fraction: float = Field(0.5, ge=0, le=1)  # of the global crops in a batch
+    roll: bool = True
+    min_aspect: float = Field(0.3, gt=0, le=1)
+
+
+class LossConfig(_Section):
+    """DINO + iBOT + KoLeo."""
+
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp_start: float = Field(0.04, gt=0)
+    teacher_temp_end: float = Field(0.07, gt=0)
+    teacher_temp_warmup_steps: int = Field(37_500, ge=0)
+    sinkhorn_iters: int = Field(3, ge=1)
+    dino_weight: float = Field(1.0, ge=0)
+    ibot_weight: float = Field(1.0, ge=0)
+    koleo_weight: float = Field(0.1, ge=0)
+
+
+class OptimConfig(_Section):
+    """AdamW and every schedule (FRANCA_METHOD.md, Optimisation)."""
+
+    batch_size: int = Field(32, gt=0)  # per worker; lr scales with sqrt(global batch / 1024)
+    total_steps: int = Field(625_000, gt=0)
+    warmup_steps: int = Field(100_000, ge=0)
+    base_lr: float = Field(1e-3, gt=0)  # per 1024 images
+    min_lr: float = Field(1e-6, ge=0)
+    weight_decay_start: float = Field(0.04, ge=0)
+    weight_decay_end: float = Field(0.2, ge=0)
+    momentum_start: float = Field(0.994, ge=0, le=1)
+    momentum_end: float = Field(1.0, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = Field(3.0, gt=0)
+    patch_embed_lr_mult: float = Field(0.2, ge=0)
+    freeze_last_layer_steps: int = Field(1250, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_inside_run(self) -> OptimConfig:
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} exceeds total_steps {self.total_steps}")
+        return self
+
+
+class TrainConfig(_Section):
+    """Stage 4 (and the recipe reused by high-res adaptation)."""
+
+    model: ModelConfig = ModelConfig()
+    heads: HeadsConfig = HeadsConfig()
+    crops: CropsConfig = CropsConfig()
+    masking: MaskingConfig = MaskingConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    seed: int = 0
+    num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    loader_workers: int = Field(2, ge=0)  # DataLoader processes per rank
+    checkpoint_every: int = Field(1000, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    log_every: int = Field(50, gt=0)
+    max_minutes: float | None = Field(None, gt=0)  # wall budget; stops early and checkpoints
+    fail_once_at_step: int | None = None  # test-only: raise once inside the loop at this step
+
+
+class RasaConfig(_Section):
+    """Stage 5: RASA fitting (FRANCA_METHOD.md, RASA)."""
+
+    rounds: int = Field(9, ge=1)
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    max_images: int = Field(2000, gt=0)
+
+
+class HighresConfig(_Section):
+    """Stage 6: position-embedding resize and short continued training."""
+
+    global_size: int = Field(518, gt=0)
+    local_size: int = Field(98, gt=0)
+    steps: int = Field(20_000, ge=0)
+    warmup_steps: int = Field(10_000, ge=0)
+    base_lr: float = Field(7.05e-5, gt=0)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+
+
+class EvalConfig(_Section):
+    """Stage 7: evaluation protocols and the data sets they run on."""
+
+    knn_k: list[int] = [10, 20, 100, 200]
+    knn_temperature: float = Field(0.07, gt=0)
+    batch_size: int = Field(128, gt=0)
+    datasets: dict[str, str] = {}  # name -> Parquet or ImageFolder path
+    max_images: int | None = Field(None, gt=0)
+
+
+class TrackingConfig(_Section):
+    """MLflow: the system of record."""
+
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else a local SQLite store under storage.root
+    experiment: str = "franca"
+    registered_model_prefix: str = "franca"
+
+
+class StorageConfig(_Section):
+    """Where stage outputs live: a local path or an s3:// URI (fsspec)."""
+
+    root: str = ".franca/store"
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline's configuration."""
+
+    profile: str = "vitb14"
+    storage: StorageConfig = StorageConfig()
+    data: DataConfig = DataConfig()
+    dedup: DedupConfig = DedupConfig()
+    train: TrainConfig = TrainConfig()
+    rasa: RasaConfig = RasaConfig()
+    highres: HighresConfig = HighresConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[1,2]"]`` into a nested dict; values are parsed as YAML scalars/lists."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is set both as a value and as a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return nested
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def build_config(data: Mapping[str, Any]) -> PipelineConfig:
+    """Validate a nested mapping; a wrong key or value raises one ConfigError naming the key."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "<root>"
+        got = f" (got {first['input']!r})" if first["type"] != "extra_forbidden" else ""
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+        raise ConfigError(f"config key '{key}': {msg}{got}{more}") from None
+
+
+def load_config(profile: str | Path = "tiny", overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Load a profile name (``tiny``, ``vitb14``, ...) or a YAML path, then apply dotted overrides.
+
+    A YAML file may name a base profile with ``profile: tiny``; its keys then override that profile.
+    """
+    path = Path(profile)
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = _read_yaml(path)
+        base_name = data.get("profile")
+        if isinstance(base_name, str) and base_name in PROFILES:
+            data = merge(_read_yaml(PROFILE_DIR / f"{base_name}.yaml"), data)
+    elif str(profile) in PROFILES:
+        data = _read_yaml(PROFILE_DIR / f"{profile}.yaml")
+    else:
+        raise ConfigError(f"unknown profile {str(profile)!r}. Valid: {list(PROFILES)} or a path to a .yaml file")
+    return build_config(merge(data, parse_overrides(overrides)))
+
+
+def config_digest(section: BaseModel | Mapping[str, Any]) -> str:
+    """sha256 of a config section's canonical JSON: part of every stage's input digest."""
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else dict(section)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
