@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import resource
 import statistics
@@ -20,9 +21,15 @@ from franca_core.data.synthetic import iter_images
 from franca_core.train.trainer import Batch, FrancaTrainer
 
 
+# Modules that define ``register_bench(bench_subparsers)``; this module registers ``step`` itself.
+BENCH_MODULES: list[str] = []
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (JSON on stdout)")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    for module in BENCH_MODULES:
+        importlib.import_module(module).register_bench(bench)
     step = bench.add_parser("step", help="images/s of the full step vs backbone-only work, and their ratio")
     add_config_options(step)
     step.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
