@@ -25,6 +25,7 @@ COMMANDS: list[str] = [
     "franca_cli.demo",
     "franca_cli.train",
     "franca_cli.bench",
+    "franca_cli.stack",
 ]
 
 
