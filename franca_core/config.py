@@ -250,7 +250,12 @@ class TrackingConfig(_Section):
 
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else a local SQLite store under storage.root
     experiment: str = "franca"
-    registered_model_prefix: str = "franca"
+    registered_model_prefix: str = "franca"  # the model is registered as <prefix>-<profile>
+    alias: str = "candidate"  # registry alias set on each newly registered version
+    stage_retries: int = Field(2, ge=0)  # Prefect retries of the stages that can fail transiently (download, pretrain)
+    retry_delay_s: float = Field(10.0, ge=0)  # first retry delay; doubles on each further retry
+    artifact_limit_mb: float = Field(64.0, ge=0)  # outputs up to this size are copied into MLflow, larger: URI only
+    hash_limit_mb: float | None = Field(None, gt=0)  # outputs above this are recorded by size only (None: hash all)
 
 
 class StorageConfig(_Section):
