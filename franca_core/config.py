@@ -207,6 +207,7 @@ class TrainConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     loader_workers: int = Field(2, ge=0)  # DataLoader processes per rank
     checkpoint_every: int = Field(1000, gt=0)
+    checkpoint_every_minutes: float | None = Field(None, gt=0)  # also checkpoint every M minutes of training
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     log_every: int = Field(50, gt=0)
