@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from franca_cli.options import add_config_options, config_from_args
 from franca_core.config import PipelineConfig
@@ -31,7 +32,6 @@ from franca_core.models.backbone import build_backbone
 from franca_core.train.checkpoint import save_checkpoint
 from franca_core.train.loop import run_steps
 from franca_core.train.trainer import FrancaTrainer
-from torchvision.transforms import v2
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,6 +47,9 @@ class SyntheticSourceConfig(_Section):
     corrupt_rate: float = Field(0.01, ge=0, le=0.5)
     non_image_rate: float = Field(0.005, ge=0, le=0.5)
     filtered_rate: float = Field(0.02, ge=0, le=0.5)
+    bomb_count: int = Field(2, ge=0)  # decompression bombs (a few KB declaring 144 Mpx)
+    contaminate_from: str | None = None  # an image Parquet (../shared/data layout) whose copies are planted
+    contaminate_count: int = Field(0, ge=0)
 
 
 class SelectConfig(_Section):
@@ -74,6 +77,7 @@ class DownloadConfig(_Section):
     timeout_s: float = Field(10.0, gt=0)
     shard_size: int = Field(1000, ge=1)
     encode_quality: int = Field(95, ge=1, le=100)
+    max_image_pixels: int = Field(64_000_000, gt=0)  # larger declared sizes are decompression bombs
 
 
 class DataConfig(_Section):
@@ -86,13 +90,23 @@ class DataConfig(_Section):
 
 
 class DedupConfig(_Section):
-    """Stage 3: exact + near-duplicate removal and decontamination against evaluation sets."""
+    """Stage 3: exact + near-duplicate removal and decontamination against evaluation sets.
+
+    Near duplicates: L2 distance of the low-frequency Lab signature (franca_core/dedup/hashing.py) within
+    ``near_dup_max_distance`` among the ``ann_neighbours`` ANN neighbours, and perceptual hashes within
+    ``near_dup_max_hamming`` bits (a structure check on top of the colour/layout signature).
+    """
 
     phash_size: int = Field(8, ge=4)
-    near_dup_max_hamming: int = Field(10, ge=0)
+    near_dup_max_hamming: int = Field(14, ge=0)
     ann_neighbours: int = Field(8, ge=1)
-    eval_sets: list[str] = []
+    eval_sets: list[str] = []  # Parquet files (../shared/data layout) or image folders to decontaminate against
     max_image_pixels: int = Field(64_000_000, gt=0)
+    signature_size: int = Field(4, ge=2, le=16)  # DCT block per Lab channel: 3 * size**2 dims
+    near_dup_max_distance: float = Field(0.09, gt=0)  # tuned: docs in franca_core/dedup/near_dup.py
+    ann_nprobe: int = Field(8, ge=1)
+    include_eval_datasets: bool = True  # also decontaminate against every path in eval.datasets
+    workers: int = Field(1, ge=1)  # processes hashing shards in parallel
 
 
 # ----------------------------------------------------------------------------------------------------- train
@@ -173,7 +187,7 @@ class OptimConfig(_Section):
 
     batch_size: int = Field(32, gt=0)  # per worker; lr scales with sqrt(global batch / 1024)
     total_steps: int = Field(625_000, gt=0)
-    warmup_steps: int = Field(100_000, ge=0)
+    warmup_steps: int = Field(100_000, ge=0)  # capped at total_steps by the schedule
     base_lr: float = Field(1e-3, gt=0)  # per 1024 images
     min_lr: float = Field(1e-6, ge=0)
     weight_decay_start: float = Field(0.04, ge=0)
@@ -184,12 +198,6 @@ class OptimConfig(_Section):
     clip_grad: float = Field(3.0, gt=0)
     patch_embed_lr_mult: float = Field(0.2, ge=0)
     freeze_last_layer_steps: int = Field(1250, ge=0)
-
-    @model_validator(mode="after")
-    def _warmup_inside_run(self) -> OptimConfig:
-        if self.warmup_steps > self.total_steps:
-            raise ValueError(f"warmup_steps {self.warmup_steps} exceeds total_steps {self.total_steps}")
-        return self
 
 
 class TrainConfig(_Section):

@@ -22,6 +22,7 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
 
 def warmup_cosine(step: int, warmup: int, total: int, peak: float, final: float) -> float:
     """Linear 0 -> ``peak`` over ``warmup`` steps, then cosine ``peak`` -> ``final`` at ``total``."""
+    warmup = min(warmup, total)  # a run shorter than its warmup only warms up
     if step < warmup:
         return peak * step / warmup
     return cosine(step - warmup, total - warmup, peak, final)
