@@ -26,6 +26,7 @@ COMMANDS: list[str] = [
     "franca_cli.train",
     "franca_cli.bench",
     "franca_cli.stack",
+    "franca_cli.lineage",
 ]
 
 

@@ -1,0 +1,258 @@
+"""MLflow as the system of record: one parent run per flow run, one nested run per stage, hashes of everything.
+
+A parent run (tags: Prefect flow-run id, git commit, config digest, profile) holds the full config as an artifact.
+Each stage gets a nested run with its config section as params, its stats as metrics, ``mlflow.log_input`` of every
+dataset it read (a ``MetaDataset`` with a concrete source, a 32-hex digest and the full sha256 in the input's tags,
+because MLflow caps a digest at 36 characters), and its outputs: small files as artifacts, large ones as URIs, all of
+them hashed into ``outputs.json`` so that ``franca lineage --verify`` can recompute them later. A stage that Prefect
+served from its cache gets a stub run pointing at the run that computed it (``franca.cached_from``).
+
+Credentials never reach MLflow: every param and tag value goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import mlflow
+from mlflow import MlflowClient
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource, S3ArtifactDatasetSource
+from pydantic import BaseModel
+
+from franca_core.config import PipelineConfig, config_digest
+from tasks.storage import StageResult, sha256_json
+
+TAG = "franca."
+REPO = Path(__file__).resolve().parents[1]
+_SECRET = re.compile(r"(?i)(://[^/@\s:]+:)[^/@\s]+@|((?:secret|password|token|key)[^=:\s]*[=:])\s*[^,\s&]+")
+
+
+# --------------------------------------------------------------------------------------------- basics
+def redact(value: Any) -> str:
+    """A string safe for params/tags/logs: ``user:password@`` in URIs and ``secret=...`` values are masked."""
+    return _SECRET.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", str(value))
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    """``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else SQLite beside a local storage root."""
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = cfg.storage.root if "://" not in cfg.storage.root else str(Path(".franca").resolve())
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def client(cfg: PipelineConfig) -> MlflowClient:
+    """An MLflow client for this config; also points the fluent API at the same store."""
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(cfg: PipelineConfig) -> str:
+    """The experiment's id, created when missing."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    return exp.experiment_id if exp else c.create_experiment(cfg.tracking.experiment)
+
+
+def code_version() -> dict[str, str]:
+    """The git commit of the project code (``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": "unknown"}
+    return {"commit": commit, "dirty": str(bool(dirty)).lower()}
+
+
+def flat_params(data: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}``, redacted and cut to MLflow's 6000-character limit."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = redact(json.dumps(value) if not isinstance(value, str) else value)[:6000]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(uri)
+
+
+def uri_digest(uri: str, limit_bytes: int | None = None) -> dict[str, Any]:
+    """sha256 of a file, or of the sorted ``(relative path, sha256)`` list of a folder; size-only above the limit."""
+    fs, path = _fs(uri)
+    if fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if not fs.isdir(p))
+        parts = [(p[len(path):].lstrip("/"), uri_digest(fs.unstrip_protocol(p) if "://" in uri else p, limit_bytes))
+                 for p in files]
+        return {"kind": "dir", "sha256": sha256_json([(n, d.get("sha256"), d["bytes"]) for n, d in parts]),
+                "bytes": sum(d["bytes"] for _, d in parts), "files": len(parts)}
+    size = int(fs.size(path))
+    if limit_bytes is not None and size > limit_bytes:
+        return {"kind": "file", "sha256": None, "bytes": size}  # too big to hash on every run: size only
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"kind": "file", "sha256": h.hexdigest(), "bytes": size}
+
+
+def dataset_source(uri: str) -> Any:
+    """A concrete MLflow dataset source for a local path, s3:// or http(s):// URI."""
+    if uri.startswith("s3://"):
+        return S3ArtifactDatasetSource(uri)
+    if uri.startswith(("http://", "https://")):
+        return HTTPDatasetSource(redact(uri))
+    return LocalArtifactDatasetSource(str(Path(uri.removeprefix("file://")).resolve()))
+
+
+# ----------------------------------------------------------------------------------------------- runs
+def open_parent(cfg: PipelineConfig, flow_run_id: str, flow_run_name: str = "") -> str:
+    """The parent run of this flow run: reopened on a retry of the same flow run, else created."""
+    c, exp = client(cfg), experiment_id(cfg)
+    found = c.search_runs([exp], f"tags.`{TAG}flow_run_id` = '{flow_run_id}'", max_results=1)
+    if found:
+        c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    code = code_version()
+    tags = {f"{TAG}kind": "pipeline", f"{TAG}flow_run_id": flow_run_id, "prefect.flow_run_id": flow_run_id,
+            "prefect.flow_run_name": flow_run_name, f"{TAG}profile": cfg.profile,
+            f"{TAG}config_digest": config_digest(cfg), f"{TAG}git_commit": code["commit"],
+            f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"]}
+    run = c.create_run(exp, run_name=f"franca-{cfg.profile}-{flow_run_name or flow_run_id[:8]}", tags=tags)
+    c.log_dict(run.info.run_id, json.loads(redact(cfg.model_dump_json())), "config.json")
+    return run.info.run_id
+
+
+def close_parent(cfg: PipelineConfig, run_id: str, ok: bool, summary: Mapping[str, Any] | None = None) -> None:
+    """Mark the parent FINISHED or FAILED, with the pipeline's headline metrics."""
+    c = client(cfg)
+    for key, value in (summary or {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            c.log_metric(run_id, key, float(value))
+    c.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+@contextmanager
+def stage_run(cfg: PipelineConfig, parent_run_id: str, stage: str, params: Mapping[str, str]) -> Iterator[str]:
+    """A nested run for one stage, active in this thread (so the stage's own MLflow calls land in it)."""
+    client(cfg)
+    code = code_version()
+    tags = {f"{TAG}kind": "stage", f"{TAG}stage": stage, f"{TAG}git_commit": code["commit"],
+            f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"]}
+    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=stage, nested=True,
+                          parent_run_id=parent_run_id, tags=tags) as run:
+        mlflow.log_params(dict(params))
+        yield run.info.run_id
+
+
+def log_inputs(inputs: Mapping[str, StageResult], files: Mapping[str, str], limit_bytes: int) -> None:
+    """``log_input`` for every upstream output and every extra file read (e.g. evaluation sets)."""
+    for role, up in inputs.items():
+        ds = MetaDataset(dataset_source(up.uri), name=f"{up.stage}:{role}", digest=up.digest[:32])
+        mlflow.log_input(ds, context=role, tags={"sha256": up.digest, "stage": up.stage,
+                                                  "input_digest": up.input_digest})
+        mlflow.set_tag(f"{TAG}input.{role}", f"{up.stage}:{up.digest}")
+    for name, uri in files.items():
+        digest = uri_digest(uri, limit_bytes)
+        sha = digest["sha256"] or sha256_json(digest)
+        mlflow.log_input(MetaDataset(dataset_source(uri), name=name, digest=sha[:32]), context="reference",
+                         tags={"sha256": sha, "uri": redact(uri)})
+        mlflow.set_tag(f"{TAG}input.{name}", sha)
+
+
+def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes: int) -> dict[str, Any]:
+    """Tags, metrics, artifacts and ``outputs.json`` (per-output sha256) of a finished stage."""
+    mlflow.set_tags({f"{TAG}input_digest": result.input_digest, f"{TAG}output_digest": result.digest,
+                     f"{TAG}output_uri": redact(result.uri), f"{TAG}cached_in_store": str(result.cached).lower()})
+    metrics, steps = numeric_stats(result.stats)
+    if metrics:
+        mlflow.log_metrics(metrics)
+    for key, series in steps.items():
+        for step, value in series:
+            mlflow.log_metric(key, value, step=step)
+    outputs: dict[str, Any] = {}
+    for name, uri in result.files.items():
+        outputs[name] = {"uri": redact(uri), **uri_digest(uri, hash_limit_bytes)}
+        if outputs[name]["bytes"] <= artifact_limit_bytes and "://" not in uri:
+            fs, path = _fs(uri)
+            if fs.isdir(path):
+                mlflow.log_artifacts(path, artifact_path=f"outputs/{name}")
+            else:
+                mlflow.log_artifact(path, artifact_path="outputs")
+            outputs[name]["artifact"] = True
+    mlflow.log_dict({"stage": result.stage, "uri": redact(result.uri), "input_digest": result.input_digest,
+                     "digest": result.digest, "outputs": outputs}, "outputs.json")
+    mlflow.log_dict(json.loads(redact(json.dumps(result.stats, default=str))), "stats.json")
+    return outputs
+
+
+def numeric_stats(stats: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, float], dict[str, list]]:
+    """Scalars -> metrics; lists of ``{"step": n, ...}`` dicts (training history) -> per-step series."""
+    scalars: dict[str, float] = {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for key, value in stats.items():
+        name = re.sub(r"[^\w\-./ ]", "_", f"{prefix}{key}")
+        if isinstance(value, bool):
+            scalars[name] = float(value)
+        elif isinstance(value, int | float):
+            scalars[name] = float(value)
+        elif isinstance(value, Mapping):
+            sub_scalars, sub_series = numeric_stats(value, f"{name}.")
+            scalars.update(sub_scalars)
+            series.update(sub_series)
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "step" in v for v in value):
+            for row in value:
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+                        series.setdefault(f"{name}.{k}", []).append((int(row["step"]), float(v)))
+    return scalars, series
+
+
+def find_stage_run(cfg: PipelineConfig, stage: str, input_digest: str) -> str | None:
+    """The run that computed this stage output (the oldest finished non-stub run with this input digest)."""
+    c = client(cfg)
+    runs = c.search_runs([experiment_id(cfg)], f"tags.`{TAG}stage` = '{stage}' and "
+                         f"tags.`{TAG}input_digest` = '{input_digest}' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time ASC"], max_results=20)
+    for run in runs:
+        if f"{TAG}cached_from" not in run.data.tags:
+            return run.info.run_id
+    return runs[0].info.run_id if runs else None
+
+
+def log_cached(cfg: PipelineConfig, parent_run_id: str, stage: str, result: StageResult, source_run_id: str) -> str:
+    """A stub child run for a stage served from cache: it names the run that computed the output."""
+    c = client(cfg)
+    source = c.get_run(source_run_id)
+    if source.data.tags.get("mlflow.parentRunId") == parent_run_id:
+        return source_run_id  # a retry of the same flow run: the stage's run is already under this parent
+    keep = {k: v for k, v in source.data.tags.items() if k.startswith(TAG) and k != f"{TAG}cached_from"}
+    tags = {**keep, f"{TAG}cached_from": source_run_id, "mlflow.parentRunId": parent_run_id}
+    run = c.create_run(experiment_id(cfg), run_name=f"{stage} (cached)", tags=tags)
+    c.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in source.data.params.items()])
+    c.log_inputs(run.info.run_id, datasets=source.inputs.dataset_inputs)
+    c.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
