@@ -194,8 +194,10 @@ def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes:
             mlflow.log_metric(key, value, step=step)
     outputs: dict[str, Any] = {}
     for name, uri in result.files.items():
+        if not uri.startswith(result.uri.rstrip("/") + "/"):
+            continue  # a pointer to an upstream file (e.g. the corpus folder): that stage's run records it
         outputs[name] = {"uri": redact(uri), **uri_digest(uri, hash_limit_bytes)}
-        if outputs[name]["bytes"] <= artifact_limit_bytes and "://" not in uri:
+        if _copyable(outputs[name], uri, artifact_limit_bytes):
             fs, path = _fs(uri)
             if fs.isdir(path):
                 mlflow.log_artifacts(path, artifact_path=f"outputs/{name}")
@@ -206,6 +208,16 @@ def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes:
                      "digest": result.digest, "outputs": outputs}, "outputs.json")
     mlflow.log_dict(json.loads(redact(json.dumps(result.stats, default=str))), "stats.json")
     return outputs
+
+
+def _copyable(digest: Mapping[str, Any], uri: str, limit_bytes: int) -> bool:
+    """Small local files and small folders of a few non-shard files are copied into MLflow; the rest by URI."""
+    if "://" in uri or digest["bytes"] > limit_bytes:
+        return False
+    if digest["kind"] == "dir":
+        fs, path = _fs(uri)
+        return digest["files"] <= 200 and not any(p.endswith(".tar") for p in fs.find(path))
+    return True
 
 
 def numeric_stats(stats: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, float], dict[str, list]]:
