@@ -229,8 +229,12 @@ class RasaConfig(_Section):
     rounds: int = Field(9, ge=1)
     epochs: int = Field(5, ge=1)
     lr: float = Field(2e-4, gt=0)
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)  # images per regressor step (all their patch tokens)
     max_images: int = Field(2000, gt=0)
+    views: int = Field(2, ge=1)  # augmented copies per image (identity + random flips / 90-degree turns)
+    holdout: float = Field(0.2, gt=0, lt=1)  # fraction of images held out to measure the position MSE
+    dataset: str | None = None  # Parquet or ImageFolder to fit on; None: the caller's choice
+    resolution: int | None = Field(None, gt=0)  # short side in px; None: the set's own size
 
 
 class HighresConfig(_Section):
@@ -242,6 +246,9 @@ class HighresConfig(_Section):
     warmup_steps: int = Field(10_000, ge=0)
     base_lr: float = Field(7.05e-5, gt=0)
     drop_path: float = Field(0.1, ge=0, lt=1)
+    batch_size: int | None = Field(None, gt=0)  # None: train.optim.batch_size
+    dataset: str | None = None  # Parquet or ImageFolder to train on; None: the caller's choice
+    max_images: int | None = Field(None, gt=0)
 
 
 class EvalConfig(_Section):
@@ -250,8 +257,27 @@ class EvalConfig(_Section):
     knn_k: list[int] = [10, 20, 100, 200]
     knn_temperature: float = Field(0.07, gt=0)
     batch_size: int = Field(128, gt=0)
-    datasets: dict[str, str] = {}  # name -> Parquet or ImageFolder path
-    max_images: int | None = Field(None, gt=0)
+    datasets: dict[str, str] = {}  # name -> Parquet or ImageFolder path; "<set>-<split>" names pair splits
+    max_images: int | None = Field(None, gt=0)  # per set, a deterministic random subset
+    max_images_per_set: dict[str, int] = {}  # per-set override of max_images
+    resolution: int | None = Field(None, gt=0)  # short side in px; None: each set's own size
+    tasks: list[str] = ["auto"]  # or any of knn, linear, matryoshka, overcluster, incontext, ood, position
+    linear_c: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic regression
+    linear_max_iter: int = Field(200, gt=0)
+    linear_with_patch_mean: bool = True  # also report CLS + mean patch token
+    overcluster_factors: list[int] = [1, 3, 10]  # K = factor * classes (1: Hungarian, >1: greedy many-to-one)
+    pca_dim: int = Field(50, gt=0)
+    kmeans_max_tokens: int = Field(50_000, gt=0)  # patch tokens the PCA / k-means are fitted on
+    mask_max_side: int = Field(96, gt=0)  # masks are compared on a grid with this long side
+    incontext_k: int = Field(30, gt=0)
+    incontext_temperature: float = Field(0.02, gt=0)
+    incontext_bank_size: int = Field(20_000, gt=0)  # memory-bank patches (random subsample)
+    ood_in: str | None = None  # set name (prefix) used as the in-distribution bank / queries
+    ood_out: str | None = None  # set name (prefix) of the out-of-distribution queries
+    ood_k: int = Field(10, gt=0)
+    figure_images: int = Field(4, ge=0)
+    seed: int = 0
+    cache_dir: str | None = None  # feature cache; None: <out>/cache
 
 
 class TrackingConfig(_Section):
