@@ -30,9 +30,7 @@ def open_store(cfg: PipelineConfig) -> StageStore:
         if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
             fs.makedirs(base, exist_ok=True)
         else:  # remote: the bucket must exist (creating buckets is an operator's decision)
-            bucket = base.split("/", 1)[0]
-            if not fs.exists(bucket):
-                raise FileNotFoundError(f"bucket {bucket!r} does not exist")
+            fs.info(base.split("/", 1)[0])  # raises (unlike exists(), which answers False to a dead endpoint)
     except Exception as exc:  # botocore / OSError / aiohttp errors all mean the same thing here
         raise StorageError(f"storage root {root!r} is unreachable or unusable: {type(exc).__name__}: {exc}") from exc
     return store

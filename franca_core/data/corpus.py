@@ -232,3 +232,28 @@ def _assemble(entries: list[_Entry], order: list[int], prefix: str, rng: np.rand
         ("label", pa.int32()),
         ("label_name", pa.string()), ("mask", pa.binary())]))
     return Corpus(files, metadata, annotations)
+
+
+def score_dedup(annotations: pa.Table, kept: dict[str, bool]) -> dict[str, float]:
+    """Score keep / drop decisions (sample id -> kept, for downloaded rows) against the planted faults.
+
+    A planted copy (exact or near duplicate) counts as found when at most one of the copy and its source is kept;
+    a unique image (one that no copy duplicates) is wrongly dropped when it is not kept; a contaminated copy is found
+    when dropped. Rows absent from ``kept`` (not downloaded) are ignored.
+    """
+    rows = [r for r in annotations.to_pylist() if r["sample_id"] in kept]
+    sources = {r["duplicate_of"] for r in rows if r["duplicate_of"]}
+    out: dict[str, float] = {}
+    for fault in ("exact_duplicate", "near_duplicate"):
+        copies = [r for r in rows if r["fault"] == fault and r["duplicate_of"] in kept]
+        found = sum(not (kept[r["sample_id"]] and kept[r["duplicate_of"]]) for r in copies)
+        out[f"{fault}_planted"], out[f"{fault}_found"] = len(copies), found
+        out[f"{fault}_recall"] = found / len(copies) if copies else 1.0
+    unique = [r for r in rows if r["fault"] == "unique" and r["sample_id"] not in sources]
+    dropped = sum(not kept[r["sample_id"]] for r in unique)
+    out["unique"], out["unique_wrongly_dropped"] = len(unique), dropped
+    out["unique_false_drop_rate"] = dropped / len(unique) if unique else 0.0
+    contaminated = [r for r in rows if r["fault"] == "contaminated"]
+    out["contaminated_planted"] = len(contaminated)
+    out["contaminated_found"] = sum(not kept[r["sample_id"]] for r in contaminated)
+    return out

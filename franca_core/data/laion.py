@@ -42,7 +42,11 @@ def normalise(table: pa.Table, where: str) -> pa.Table:
     if table.num_rows == 0:
         raise MetadataError(f"metadata {where} holds no rows")
     if "sample_id" not in table.column_names:
-        ids = [hashlib.sha256(str(u).encode()).hexdigest()[:20] for u in table.column("url").to_pylist()]
+        ids, seen = [], {}  # a repeated URL gets "#k": unique ids, and the first one is the URL's own
+        for url in table.column("url").to_pylist():
+            base = hashlib.sha256(str(url).encode()).hexdigest()[:20]
+            seen[base] = seen.get(base, -1) + 1
+            ids.append(base if seen[base] == 0 else f"{base}#{seen[base]}")
         table = table.append_column("sample_id", pa.array(ids, pa.string()))
     table = table.set_column(table.column_names.index("sample_id"), "sample_id",
                              pc.cast(table.column("sample_id"), pa.string()))
