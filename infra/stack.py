@@ -180,12 +180,15 @@ def _wait(name: str, s: StackSettings, proc: psutil.Process, timeout: float, log
     raise StackError(f"{name} was not ready after {timeout:.0f} s; see {log}")
 
 
-def _launch(name: str, s: StackSettings) -> psutil.Process:
+def _check_port(name: str, s: StackSettings) -> None:
     port = {"prefect-server": s.prefect_port, "mlflow-server": s.mlflow_port}.get(name)
     if port is not None and not _port_free(port):
         flag = "--prefect-port" if name == "prefect-server" else "--mlflow-port"
         raise StackError(f"port {port} on {HOST} is already taken by another program, so {name} cannot start; "
                          f"stop that program or choose another port with `franca stack up {flag} PORT`")
+
+
+def _launch(name: str, s: StackSettings) -> psutil.Process:
     with (s.state / f"{name}.log").open("ab") as out:
         # A new session so that `down` can stop the service with everything it spawned (flow runs, Ray).
         popen = subprocess.Popen(_command(name, s), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -237,15 +240,17 @@ def up(s: StackSettings, timeout: float = 120.0, log: Callable[[str], None] = pr
         if (saved["prefect_port"], saved["mlflow_port"]) != (s.prefect_port, s.mlflow_port):
             raise StackError(f"the stack in {s.state} already runs on ports {saved['prefect_port']} (Prefect) and "
                              f"{saved['mlflow_port']} (MLflow); run `franca stack down` first to change them")
-    saved_path.write_text(json.dumps({k: v for k, v in asdict(s).items() if k != "state"}))
     # The two servers start in parallel (each takes 10-70 s on a busy 2-core box); the worker needs Prefect's API.
     for group in (("prefect-server", "mlflow-server"), ("prefect-worker",)):
         t0, started = time.monotonic(), {}
+        missing = [n for n in group if not _running(s, n)]
         for name in group:
-            if _running(s, name):
+            if name not in missing:
                 log(f"{name}: already running")
-            else:
-                started[name] = _launch(name, s)
+        for name in missing:  # all ports are checked before anything starts
+            _check_port(name, s)
+        for name in missing:
+            started[name] = _launch(name, s)
         try:
             for name, proc in started.items():
                 _wait(name, s, proc, timeout, s.state / f"{name}.log")
@@ -254,6 +259,7 @@ def up(s: StackSettings, timeout: float = 120.0, log: Callable[[str], None] = pr
             for name in started:
                 _stop(s, name)
             raise
+    saved_path.write_text(json.dumps({k: v for k, v in asdict(s).items() if k != "state"}))
     return status(s)
 
 
