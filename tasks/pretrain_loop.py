@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -197,4 +198,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "attempt_images_per_s": (trainer.step - attempt_start) * images_per_step / max(attempt_s, 1e-9),
         "rank_weight_digests": _gather(weights_digest(trainer.student_core)),
         "rank_data_digests": _gather(progress.data_digest), "n_samples": index.n_samples,
+        "rank_nodes": _gather(ray.get_runtime_context().get_node_id()),
     }
