@@ -22,7 +22,7 @@ from franca_core.dedup.digest import dataset_digest
 from franca_core.dedup.fingerprint import fingerprint_shards
 from franca_core.dedup.hashing import hash_images, phash_hex
 from franca_core.dedup.near_dup import deduplicate
-from tasks.data_io import fs_of, open_store, read_parquet, write_parquet
+from tasks.data_io import fs_of, is_local, open_store, read_parquet, write_parquet
 from tasks.storage import StageResult, input_digest
 
 MANIFEST_SCHEMA = pa.schema([
@@ -67,8 +67,7 @@ def dedup(cfg: PipelineConfig, downloaded: StageResult) -> StageResult:
     if (done := store.load("dedup", digest)) is not None:
         return done
     fs, shards = fs_of(downloaded.files["shards"])
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    tars = [p if local else fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{shards}/*.tar"))]
+    tars = [p if is_local(fs) else fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{shards}/*.tar"))]
     fp = fingerprint_shards(tars, dd.phash_size, dd.signature_size, dd.workers)
     if len(fp) == 0:
         raise ValueError(f"no image in the shards under {downloaded.files['shards']}")

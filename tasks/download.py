@@ -28,7 +28,7 @@ from franca_core.data.corpus import PLACEHOLDER
 from franca_core.data.img2dataset_io import finished_shards, merged_stats, read_download_log
 from franca_core.dedup.quality import CAUSES, SUCCESS
 from infra.offline import offline_env
-from tasks.data_io import open_store, read_parquet, write_parquet
+from tasks.data_io import move_tree, open_store, read_parquet, write_parquet
 from tasks.storage import StageResult, input_digest, sha256_json
 from tasks.url_server import serve_folder
 
@@ -110,11 +110,12 @@ def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
     with store.writing("download", digest) as tmp:
         if fs.exists(f"{partial}/shards/_tmp"):
             fs.rm(f"{partial}/shards/_tmp", recursive=True)
-        fs.mv(f"{partial}/shards", f"{tmp}/shards", recursive=True)
+        move_tree(fs, f"{partial}/shards", f"{tmp}/shards")
         write_parquet(samples.sort_by("sample_id"), fs, f"{tmp}/samples.parquet")
         with fs.open(f"{tmp}/img2dataset_stats.json", "w") as f:
             json.dump(stats_i2d, f, indent=1)
-    fs.rm(partial, recursive=True)
+    if fs.exists(partial):  # on object stores the emptied prefix is already gone
+        fs.rm(partial, recursive=True)
     return store.publish(StageResult(
         stage="download", uri=store.uri(final), input_digest=digest, digest=out_digest,
         stats={**subset.stats, "attempted": len(causes), **counts},

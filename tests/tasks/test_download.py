@@ -1,0 +1,120 @@
+"""Stage 2 (tasks/download.py): img2dataset over HTTP on 127.0.0.1, failures by cause, no-op rerun, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from franca_core.data.corpus import PLACEHOLDER
+from tasks.data_io import read_parquet
+from tasks.dedup import dedup
+from tasks.download import DownloadError, download
+from tasks.select_subset import select_subset
+from tasks.storage import StageStore, input_digest
+from tasks.url_server import serve_folder
+
+PLANTED_CAUSES = {"dead_url": "dead_url", "corrupt": "corrupt", "non_image": "non_image",
+                  "decompression_bomb": "decompression_bomb"}
+
+
+def test_download__every_planted_failure_counted_by_cause(data_run) -> None:
+    stats, planted = data_run.downloaded.stats, data_run.source.stats
+    for fault, cause in PLANTED_CAUSES.items():
+        assert stats[cause] == planted[f"planted_{fault}"] > 0, (cause, stats)
+    assert stats["success"] == stats["attempted"] - sum(stats[c] for c in PLANTED_CAUSES.values())
+    assert stats["http_error"] == stats["network_error"] == stats["other_error"] == 0
+    # per row: the cause recorded for each URL is the fault planted behind it
+    samples = read_parquet(data_run.downloaded.files["samples"]).to_pylist()
+    faults = dict(zip(*read_parquet(data_run.source.files["annotations"], columns=["sample_id", "fault"])
+                      .to_pydict().values()))
+    mismatched = [(s["sample_id"], faults[s["sample_id"]], s["cause"]) for s in samples
+                  if s["cause"] != PLANTED_CAUSES.get(faults[s["sample_id"]], "success")]
+    assert not mismatched
+
+
+def test_download__shards_resized_to_long_side(data_run) -> None:
+    samples = read_parquet(data_run.downloaded.files["samples"]).to_pylist()
+    ok = [s for s in samples if s["status"] == "success"]
+    assert max(max(s["width"], s["height"]) for s in ok) <= data_run.cfg.data.download.long_side
+    shards = sorted(Path(data_run.downloaded.files["shards"]).glob("*.tar"))
+    assert len(shards) == 8 and {s["shard"] for s in ok} == {str(p) for p in shards}
+    stats = json.loads(Path(data_run.downloaded.files["download_stats"]).read_text())
+    assert stats["successes"] == len(ok) and stats["shards"] == 8
+
+
+def test_download__second_run_downloads_nothing(data_run) -> None:
+    shards = Path(data_run.downloaded.files["shards"])
+    before = {p.name: p.stat().st_mtime_ns for p in shards.iterdir()}
+    again = download(data_run.cfg, data_run.subset)
+    assert again.cached and again.digest == data_run.downloaded.digest
+    assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir()} == before
+
+
+def test_download__all_urls_dead_is_one_clear_error(tmp_path: Path, make_data_config) -> None:
+    cfg = make_data_config(tmp_path / "store")
+    with serve_folder(str(tmp_path)) as server:  # serves an empty folder: every URL is a 404
+        meta = tmp_path / "m.parquet"
+        n = 12
+        pq.write_table(pa.table({"url": [f"{server.base_url}gone/{i}.jpg" for i in range(n)], "caption": ["x"] * n,
+                                 "width": [64] * n, "height": [64] * n, "similarity": [0.4] * n,
+                                 "punsafe": [0.0] * n, "pwatermark": [0.0] * n}), meta)
+        subset = select_subset(cfg, str(meta))
+        with pytest.raises(DownloadError, match=r"all 12 URLs failed to download: \{'dead_url': 12\}"):
+            download(cfg, subset)
+
+
+_CHILD = """
+import sys
+from franca_core.config import PipelineConfig
+from tasks.download import download
+from tasks.storage import StageResult
+cfg = PipelineConfig.model_validate_json(open(sys.argv[1]).read())
+download(cfg, StageResult.model_validate_json(open(sys.argv[2]).read()))
+"""
+
+
+@pytest.mark.slow
+def test_download__killed_mid_way_resumes_to_the_same_digest(data_run, tmp_path: Path, make_data_config) -> None:
+    # The corpus served by a server this test owns (slowed down), so it outlives the killed download process.
+    with serve_folder(data_run.source.uri, delay_s=0.05) as server:
+        meta = read_parquet(data_run.source.files["metadata"])
+        urls = [u.replace(PLACEHOLDER, server.base_url) for u in meta.column("url").to_pylist()]
+        pq.write_table(meta.set_column(1, "url", pa.array(urls)), tmp_path / "metadata.parquet")
+        cfg = make_data_config(tmp_path / "store", "data.download.threads=2")
+        subset = select_subset(cfg, str(tmp_path / "metadata.parquet"))
+        (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+        (tmp_path / "subset.json").write_text(subset.model_dump_json())
+        store = StageStore(cfg.storage.root)
+        partial = Path(store.path("download", f".partial-{input_digest(cfg.data.download, {'subset': subset.digest})}"))
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "cfg.json"),
+                                  str(tmp_path / "subset.json")], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not list((partial / "shards").glob("*_stats.json")):
+                assert child.poll() is None, "the download finished or failed before it could be interrupted"
+                assert time.monotonic() < deadline, "no shard finished within 240 s"
+                time.sleep(0.05)
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)  # the stage and its img2dataset child, mid-way
+            child.wait()
+        finished = {p.name: json.loads(p.read_text())["start_time"] for p in (partial / "shards").glob("*_stats.json")}
+        assert 0 < len(finished) < 8, finished
+        server.delay_s = 0.0
+        resumed = download(cfg, subset)
+    assert not resumed.cached and resumed.digest == data_run.downloaded.digest
+    shards = Path(resumed.files["shards"])
+    after = {p.name: json.loads(p.read_text())["start_time"] for p in shards.glob("*_stats.json")}
+    assert len(after) == 8 and all(after[name] == t for name, t in finished.items())  # finished shards were kept
+    assert Counter(read_parquet(resumed.files["samples"]).column("cause").to_pylist())["success"] == \
+        data_run.downloaded.stats["success"]
+    assert dedup(cfg, resumed).digest == data_run.deduped.digest

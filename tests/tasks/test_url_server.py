@@ -1,0 +1,28 @@
+"""The corpus server (tasks/url_server.py): serves a folder on 127.0.0.1, 404 otherwise, stops when done."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tasks.url_server import serve_folder
+
+
+def test_serve_folder__files_404_and_shutdown(tmp_path: Path) -> None:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "a.jpg").write_bytes(b"\xff\xd8\xffdata")
+    with serve_folder(str(tmp_path)) as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(server.base_url + "www/a.jpg", timeout=5) as r:
+            assert r.read() == b"\xff\xd8\xffdata" and r.headers["Content-Type"] == "image/jpeg"
+        for missing in ("www/b.jpg", "../etc/passwd", ""):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(server.base_url + missing, timeout=5)
+            assert err.value.code == 404
+        assert server.requests == 4
+        url = server.base_url
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "www/a.jpg", timeout=2)
