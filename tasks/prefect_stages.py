@@ -9,6 +9,8 @@ retries and record cache hits in MLflow.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from franca_core.config import PipelineConfig
@@ -60,9 +62,9 @@ def download_task(cfg: PipelineConfig, subset: Tracked, parent_run_id: str) -> T
 @task(name="dedup", cache_policy=cache_policy(*SECTIONS["dedup"]), **_OPTS)
 def dedup_task(cfg: PipelineConfig, shards: Tracked, parent_run_id: str) -> Tracked:
     """Remove exact and near duplicates and evaluation-set contamination; the manifest digest names the dataset."""
-    from tasks.dedup import dedup
+    from tasks.dedup import dedup, eval_set_paths
 
-    files = {f"eval_set:{p}": p for p in cfg.dedup.eval_sets}
+    files = {f"decontaminate:{Path(p).name}": p for p in eval_set_paths(cfg)}
     with stage_run("dedup", SECTIONS["dedup"], cfg, parent_run_id, {"shards": shards}, files) as run:
         return run.done(dedup(cfg, shards.result))
 
@@ -99,7 +101,7 @@ def evaluate_task(cfg: PipelineConfig, model: Tracked, rasa: Tracked, parent_run
     """Run the evaluation protocols; metrics, report and plots go to MLflow."""
     from tasks.evaluate import evaluate
 
-    files = {f"eval:{name}": path for name, path in cfg.eval.datasets.items()}
+    files = {f"eval:{name}": path for name, path in cfg.eval.datasets.items()}  # the labelled sets it reads
     with stage_run("evaluate", SECTIONS["evaluate"], cfg, parent_run_id, {"model": model, "rasa": rasa},
                    files) as run:
         return run.done(evaluate(cfg, model.result, rasa.result))

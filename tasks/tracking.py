@@ -34,13 +34,27 @@ from tasks.storage import StageResult, sha256_json
 
 TAG = "franca."
 REPO = Path(__file__).resolve().parents[1]
-_SECRET = re.compile(r"(?i)(://[^/@\s:]+:)[^/@\s]+@|((?:secret|password|token|key)[^=:\s]*[=:])\s*[^,\s&]+")
+_URI_CREDENTIALS = re.compile(r"(://[^/@\s:]+:)[^/@\s]+@")  # scheme://user:password@host
+_SECRET_ASSIGNMENT = re.compile(r"(?i)((?:secret|password|passwd|token|access_key|api_key)\w*=)[^&\s,;]+")
+_SECRET_KEY = re.compile(r"(?i)secret|password|passwd|credential|token$|access_key|api_key")
 
 
 # --------------------------------------------------------------------------------------------- basics
 def redact(value: Any) -> str:
-    """A string safe for params/tags/logs: ``user:password@`` in URIs and ``secret=...`` values are masked."""
-    return _SECRET.sub(lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", str(value))
+    """A string safe for params/tags/logs: ``user:password@`` in URIs and ``secret=...`` assignments are masked."""
+    text = _URI_CREDENTIALS.sub(lambda m: f"{m.group(1)}***@", str(value))
+    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}***", text)
+
+
+def redact_tree(data: Any, key: str = "") -> Any:
+    """``redact`` every string of a JSON-like tree; string values under secret-looking keys are masked whole."""
+    if isinstance(data, Mapping):
+        return {k: redact_tree(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_tree(v, key) for v in data]
+    if isinstance(data, str):
+        return "***" if _SECRET_KEY.search(key) and data else redact(data)
+    return data
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -90,7 +104,7 @@ def flat_params(data: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[s
         if isinstance(value, Mapping) and value:
             out.update(flat_params(value, f"{name}."))
         else:
-            out[name] = redact(json.dumps(value) if not isinstance(value, str) else value)[:6000]
+            out[name] = str(redact_tree(value, name) if isinstance(value, str) else json.dumps(value))[:6000]
     return out
 
 
@@ -141,7 +155,7 @@ def open_parent(cfg: PipelineConfig, flow_run_id: str, flow_run_name: str = "") 
             f"{TAG}config_digest": config_digest(cfg), f"{TAG}git_commit": code["commit"],
             f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"]}
     run = c.create_run(exp, run_name=f"franca-{cfg.profile}-{flow_run_name or flow_run_id[:8]}", tags=tags)
-    c.log_dict(run.info.run_id, json.loads(redact(cfg.model_dump_json())), "config.json")
+    c.log_dict(run.info.run_id, redact_tree(cfg.model_dump(mode="json")), "config.json")
     return run.info.run_id
 
 
@@ -206,7 +220,7 @@ def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes:
             outputs[name]["artifact"] = True
     mlflow.log_dict({"stage": result.stage, "uri": redact(result.uri), "input_digest": result.input_digest,
                      "digest": result.digest, "outputs": outputs}, "outputs.json")
-    mlflow.log_dict(json.loads(redact(json.dumps(result.stats, default=str))), "stats.json")
+    mlflow.log_dict(redact_tree(json.loads(json.dumps(result.stats, default=str))), "stats.json")
     return outputs
 
 

@@ -54,6 +54,10 @@ def dedup(cfg: PipelineConfig, shards: StageResult) -> StageResult:
     return _stage("dedup", cfg, cfg.dedup, [shards], {"manifest.parquet": b"manifest"})
 
 
+def eval_set_paths(cfg: PipelineConfig) -> list[str]:
+    return []
+
+
 def pretrain(cfg: PipelineConfig, dataset: StageResult) -> StageResult:
     return _stage("pretrain", cfg, cfg.train, [dataset], {"backbone.safetensors": b"weights" * 10})
 
@@ -72,14 +76,16 @@ def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult) -> Stag
 
 
 MODULES = {"tasks.source": ["source"], "tasks.select_subset": ["select"], "tasks.download": ["download"],
-           "tasks.dedup": ["dedup"], "tasks.pretrain": ["pretrain"], "tasks.fit_rasa": ["fit_rasa"],
+           "tasks.dedup": ["dedup", "eval_set_paths"], "tasks.pretrain": ["pretrain"], "tasks.fit_rasa": ["fit_rasa"],
            "tasks.adapt_highres": ["adapt_highres"], "tasks.evaluate": ["evaluate"]}
 
 
-def install(monkeypatch: Any) -> Counter[str]:
-    """Put the fakes in place of the stage modules for one test; returns the call counter."""
+def install(monkeypatch: Any, only: tuple[str, ...] | None = None) -> Counter[str]:
+    """Put the fakes in place of the stage modules (or of ``only`` these) for one test; returns the call counter."""
     CALLS.clear()
     for module, names in MODULES.items():
+        if only is not None and module not in only:
+            continue
         fake = types.ModuleType(module)
         for name in names:
             setattr(fake, name, getattr(sys.modules[__name__], name))
