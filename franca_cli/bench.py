@@ -22,7 +22,7 @@ from franca_core.train.trainer import Batch, FrancaTrainer
 
 
 # Modules that define ``register_bench(bench_subparsers)``; this module registers ``step`` itself.
-BENCH_MODULES: list[str] = []
+BENCH_MODULES: list[str] = ["franca_cli.bench_train"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
