@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "franca_cli.bench",
     "franca_cli.stack",
     "franca_cli.lineage",
+    "franca_cli.run",
 ]
 
 

@@ -82,7 +82,14 @@ class StackSettings:
             "PREFECT_API_URL": self.prefect_api_url,
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "FRANCA_STATE_DIR": str(self.state.parent),
+            # Persisted task results = the cache that lets a re-run or retried run skip finished stages; shared by
+            # deployment runs (worker) and `franca run` (client).
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.result_storage),
         }
+
+    @property
+    def result_storage(self) -> Path:
+        return self.state / "prefect" / "storage"
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -101,9 +108,7 @@ def _command(name: str, s: StackSettings) -> list[str]:
 
 def _service_env(name: str, s: StackSettings) -> dict[str, str]:
     env = {**os.environ, **s.client_env()}
-    # Prefect's SQLite database, settings and persisted task results (the cache that makes retries resume).
-    env["PREFECT_HOME"] = str(s.state / "prefect")
-    env["PREFECT_LOCAL_STORAGE_PATH"] = str(s.state / "prefect" / "storage")
+    env["PREFECT_HOME"] = str(s.state / "prefect")  # Prefect's SQLite database and settings
     if name == "mlflow-server":
         # The job-execution subsystem costs ~1.5 GB and ~12 s of start-up and is not used (STACK.md).
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"

@@ -8,6 +8,7 @@ re-runs that stage and, through the digests, only the stages after it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Tracked(BaseModel):
 
     result: StageResult
     run_id: str
+    compute_s: float = 0.0  # seconds inside the stage function (the rest of the task is orchestration/tracking)
 
 
 def section(cfg: PipelineConfig, dotted: str) -> Any:
@@ -78,14 +80,17 @@ class StageRun:
     run_id: str
     sections: tuple[str, ...]
     inputs: dict[str, StageResult] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
-    def done(self, result: StageResult, summary: Mapping[str, Any] | None = None) -> Tracked:
+    def done(self, result: StageResult) -> Tracked:
+        compute_s = time.perf_counter() - self.started
+        mlflow.log_metric("stage_compute_s", compute_s)
         t = self.cfg.tracking
         hash_limit = int(t.hash_limit_mb * 2**20) if t.hash_limit_mb else None
         outputs = tracking.log_result(result, int(t.artifact_limit_mb * 2**20), hash_limit)
         create_markdown_artifact(key=f"stage-{result.stage}", markdown=markdown(result, self.run_id, outputs),
                                  description=f"{result.stage}: output digest and files")
-        return Tracked(result=result, run_id=self.run_id)
+        return Tracked(result=result, run_id=self.run_id, compute_s=compute_s)
 
 
 @contextmanager
