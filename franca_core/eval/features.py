@@ -21,3 +21,32 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 25
         labels.append(torch.as_tensor(y))
     backbone.train(was_training)
     return {"cls": torch.cat(cls), "patch_mean": torch.cat(patch_mean), "labels": torch.cat(labels)}
+
+
+@torch.no_grad()
+def extract_eval_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 256,
+                          keep_patches: bool = False) -> dict[str, torch.Tensor]:
+    """Frozen features of an ``EvalSet`` (items: image (3, H, W), label, mask).
+
+    Returns:
+        ``cls`` (n, D) and ``patch_mean`` (n, D) float32, ``labels`` (n,) int64; with ``keep_patches`` also
+        ``patch`` (n, h, w, D) float16 (half the memory; k-means and k-NN on it lose nothing measurable);
+        ``masks`` (n, gh, gw) int64 when the set has masks.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    patch_size = int(backbone.patch_size)
+    out: dict[str, list[torch.Tensor]] = {"cls": [], "patch_mean": [], "labels": [], "patch": [], "masks": []}
+    for images, labels, masks in DataLoader(dataset, batch_size=batch_size):
+        feats = backbone.forward_masked(images)
+        patch = feats["patch"]
+        out["cls"].append(feats["cls"].float())
+        out["patch_mean"].append(patch.mean(dim=1).float())
+        out["labels"].append(labels.long())
+        if keep_patches:
+            h, w = images.shape[-2] // patch_size, images.shape[-1] // patch_size
+            out["patch"].append(patch.reshape(patch.shape[0], h, w, -1).half())
+        if masks.numel():
+            out["masks"].append(masks.long())
+    backbone.train(was_training)
+    return {k: torch.cat(v) for k, v in out.items() if v}

@@ -1,0 +1,106 @@
+"""Write an evaluation report: ``report.json`` (every figure), ``report.md`` (tables) and the PNG plots.
+
+The JSON is the source of truth (accuracies and mIoU as fractions in [0, 1]); the Markdown shows them in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from franca_core.eval.data import EvalSet
+from franca_core.eval.plots import plot_matryoshka, plot_rasa, plot_segmentation
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.1f}"
+
+
+def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables (percent)."""
+    res, out = report.get("results", {}), ["# Franca evaluation", ""]
+    m = report.get("model", {})
+    out += [f"Model `{m.get('digest')}`: D={m.get('embed_dim')}, patch {m.get('patch_size')}, "
+            f"RASA {'yes' if m.get('rasa') else 'no'}.", ""]
+    out += _rows(["set", "images", "size", "labels", "masks"],
+                 [[n, str(s["images"]), "x".join(map(str, s["image_size"])), str(s["labels"]), str(s["masks"])]
+                  for n, s in report.get("sets", {}).items()]) + [""]
+    if "knn" in res:
+        out += ["## k-NN top-1 (%)", ""]
+        rows = [[g, feat] + [_pct(acc[k]) for k in acc] for g, v in res["knn"].items() for feat, acc in v.items()]
+        ks = next(iter(next(iter(res["knn"].values())).values())).keys()
+        out += _rows(["set", "features"] + [f"k={k}" for k in ks], rows) + [""]
+    if "linear" in res:
+        out += ["## Linear probe top-1 (%)", ""]
+        out += _rows(["set", "features", "top-1"], [[g, f, _pct(a)] for g, v in res["linear"].items()
+                                                     for f, a in v.items()]) + [""]
+    for g, t in res.get("matryoshka", {}).items():
+        out += [f"## Matryoshka truncation ({g}, top-1 %)", ""]
+        keys = [k for k in ("knn", "pca_knn", "linear", "pca_linear") if k in t]
+        out += _rows(["d"] + keys, [[str(d)] + [_pct(t[k].get(d, t[k].get(str(d)))) for k in keys]
+                                    for d in t["dims"]]) + ["", "![matryoshka](matryoshka.png)", ""]
+    for task, title in (("overcluster", "Overclustering mIoU (%)"), ("incontext", "In-context segmentation mIoU (%)"),
+                        ("position", "Position probe MSE (chance)")):
+        if task in res:
+            out += [f"## {title}", ""]
+            for g, v in res[task].items():
+                for variant, val in v.items():
+                    if variant == "classes":
+                        continue
+                    if isinstance(val, dict) and "mse" in val:
+                        out.append(f"- {g} {variant}: {val['mse']:.4f} (chance {val['chance']:.4f})")
+                    elif isinstance(val, dict):
+                        out.append(f"- {g} {variant}: " + ", ".join(f"{k} {_pct(x)}" for k, x in val.items()))
+                    else:
+                        out.append(f"- {g} {variant}: {_pct(val)}")
+            out.append("")
+    if "ood" in res:
+        o = res["ood"]
+        out += ["## OOD detection", "", f"{o['in']} vs {o['out']} (k={o['k']}): AUROC {_pct(o['auroc'])}, "
+                f"FPR@95TPR {_pct(o['fpr95'])}", ""]
+    if "rasa" in report:
+        r = report["rasa"]
+        out += ["## RASA", "", f"Position MSE {r['mse_before']:.4f} -> {r['mse_after']:.4f} "
+                f"(chance {r['chance']:.4f}, grid {r['grid']})", "", "![rasa](rasa_mse.png)", ""]
+        out += _rows(["round", "before", "after"], [[str(x["round"]), f"{x['mse_before']:.4f}",
+                                                     f"{x['mse_after']:.4f}"] for x in r["rounds"]]) + [""]
+    if report.get("skipped"):
+        out += ["## Skipped", ""] + [f"- {t}: {why}" for t, why in report["skipped"].items()] + [""]
+    return "\n".join(out)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, figures: dict[str, Any] | None = None,
+                 sets: dict[str, EvalSet] | None = None) -> dict[str, Path]:
+    """Write JSON, Markdown and PNGs under ``out_dir``; returns logical name -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "report.json", "markdown": out / "report.md"}
+    files["json"].write_text(json.dumps(report, indent=1, default=str))
+    files["markdown"].write_text(markdown(report))
+    res = report.get("results", {})
+    if res.get("matryoshka"):
+        group, table = next(iter(res["matryoshka"].items()))
+        files["matryoshka_png"] = plot_matryoshka(table, out / "matryoshka.png", f"Matryoshka truncation ({group})")
+    if "rasa" in report:
+        files["rasa_png"] = plot_rasa(report["rasa"], out / "rasa_mse.png")
+    figures = figures or {}
+    names = {"overcluster": "overclustering (K = classes)", "incontext": "in-context"}
+    preds = {names[k]: figures[k] for k in names if k in figures and len(figures[k])}
+    pair = next((p for p in report.get("pairs", []) if p["group"] == figures.get("group")), None)
+    # a self-split group's test rows are not its first rows: no figure rather than a mislabelled one
+    if preds and sets is not None and pair is not None and pair["train"] != pair["test"]:
+        evalset = sets[pair["test"]]
+        n = min(len(p) for p in preds.values())
+        truth = torch.stack([evalset.mask(i) for i in range(n)])
+        files["segmentation_png"] = plot_segmentation(
+            [evalset.image(i) for i in range(n)], truth, {k: p[:n] for k, p in preds.items()},
+            evalset.n_mask_classes, evalset.ignore_index, out / "segmentation.png")
+    return files
