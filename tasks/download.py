@@ -79,7 +79,8 @@ def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
     rows = read_parquet(subset.files["subset"], columns=["sample_id", "url", "caption"])
     with tempfile.TemporaryDirectory(prefix="franca-download-") as work, \
             served_urls(rows.column("url").to_pylist(), subset.files.get("source_root")) as urls:
-        pq.write_table(rows.set_column(1, "url", pa.array(urls, pa.string())), f"{work}/urls.parquet")
+        rows = rows.set_column(rows.schema.get_field_index("url"), "url", pa.array(urls, pa.string()))
+        pq.write_table(rows, f"{work}/urls.parquet")
         run_img2dataset({
             "url_list": f"{work}/urls.parquet", "input_format": "parquet", "url_col": "url", "caption_col": "caption",
             "save_additional_columns": ["sample_id"], "output_format": "webdataset",

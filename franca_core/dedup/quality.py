@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -37,8 +38,36 @@ def looks_like_image(data: bytes) -> bool:
     return data.startswith(_MAGIC)
 
 
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame markers (DHT, JPG, DAC excluded)
+
+
+def _fast_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of a PNG or JPEG by reading its header directly; None when not found that way.
+
+    The download's hot loop classifies every payload: this is ~10x cheaper than ``Image.open`` for the two formats
+    that make up almost all of a crawl. Anything unusual goes to Pillow.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    i = 2
+    while i + 9 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in _SOF:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return (width, height) if width and height else None
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def read_header(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` from the header only; ``ValueError`` if Pillow cannot identify the bytes."""
+    """``(width, height)`` from the header only; ``ValueError`` if the bytes are not an identifiable image."""
+    if (size := _fast_size(data)) is not None:
+        return size
     try:
         with warnings.catch_warnings():  # we compare the size ourselves; Pillow's bomb warning is noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

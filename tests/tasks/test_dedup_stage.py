@@ -9,6 +9,7 @@ import pytest
 
 from franca_core.data.corpus import score_dedup
 from franca_core.dedup.digest import dataset_digest
+from franca_core.dedup.fingerprint import fingerprint_shards
 from tasks.data_io import read_parquet
 from tasks.dedup import MANIFEST_SCHEMA, dedup
 from tasks.download import download
@@ -74,3 +75,10 @@ def test_dedup__decontaminates_planted_copies_of_eval_images(shared_data: Path, 
     assert result.stats["contaminated"] == 12 and result.stats["eval_images"] == 10_000
     dups = read_parquet(result.files["duplicates"]).to_pylist()
     assert all(d["duplicate_of"].startswith(val + "#val/") for d in dups if d["reason"] == "contaminated")
+
+
+def test_fingerprint_shards__two_worker_processes_same_rows(data_run) -> None:
+    tars = sorted(str(p) for p in Path(data_run.downloaded.files["shards"]).glob("*.tar"))[:3]
+    one, two = fingerprint_shards(tars, workers=1), fingerprint_shards(tars, workers=2)
+    assert one.sample_id == two.sample_id and one.hashes.content_hash == two.hashes.content_hash
+    assert (one.hashes.signature == two.hashes.signature).all() and len(one) > 100

@@ -89,7 +89,8 @@ def test_download__killed_mid_way_resumes_to_the_same_digest(data_run, tmp_path:
     with serve_folder(data_run.source.uri, delay_s=0.05) as server:
         meta = read_parquet(data_run.source.files["metadata"])
         urls = [u.replace(PLACEHOLDER, server.base_url) for u in meta.column("url").to_pylist()]
-        pq.write_table(meta.set_column(1, "url", pa.array(urls)), tmp_path / "metadata.parquet")
+        meta = meta.set_column(meta.schema.get_field_index("url"), "url", pa.array(urls))
+        pq.write_table(meta, tmp_path / "metadata.parquet")
         cfg = make_data_config(tmp_path / "store", "data.download.threads=2")
         subset = select_subset(cfg, str(tmp_path / "metadata.parquet"))
         (tmp_path / "cfg.json").write_text(cfg.model_dump_json())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from franca_core.data.corpus import bomb_png, corrupt, html_page, jpeg
 from franca_core.data.synthetic import render_image
@@ -18,6 +21,7 @@ from franca_core.dedup.quality import (
     SUCCESS,
     classify_payload,
     download_cause,
+    read_header,
 )
 
 
@@ -47,3 +51,11 @@ def test_classify_payload__each_planted_fault() -> None:
 ])
 def test_download_cause__img2dataset_messages(status: str, message: str | None, cause: str) -> None:
     assert download_cause(status, message) == cause
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "JPEG-progressive", "PNG", "GIF", "WEBP", "BMP"])
+def test_read_header__same_size_as_pillow(fmt: str) -> None:
+    img = render_image(np.random.default_rng(1), 50)[0].crop((0, 0, 50, 21))
+    buf = io.BytesIO()
+    img.save(buf, fmt.split("-")[0], **({"progressive": True} if "progressive" in fmt else {}))
+    assert read_header(buf.getvalue()) == Image.open(io.BytesIO(buf.getvalue())).size == (50, 21)
