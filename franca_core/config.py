@@ -231,6 +231,7 @@ class RasaConfig(_Section):
     lr: float = Field(2e-4, gt=0)
     batch_size: int = Field(64, gt=0)  # images per regressor step (all their patch tokens)
     max_images: int = Field(2000, gt=0)
+    min_steps: int = Field(300, ge=0)  # each regressor trains at least this many steps (small fitting sets)
     views: int = Field(2, ge=1)  # augmented copies per image (identity + random flips / 90-degree turns)
     holdout: float = Field(0.2, gt=0, lt=1)  # fraction of images held out to measure the position MSE
     dataset: str | None = None  # Parquet or ImageFolder to fit on; None: the caller's choice

@@ -22,6 +22,8 @@ target is always its cell in the grid the backbone saw: a regressor can only use
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -135,11 +137,26 @@ def gram_schmidt(rows: torch.Tensor, basis: torch.Tensor | None = None, eps: flo
     return torch.stack(out).to(rows.dtype)
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run a block with one intra-op thread, restoring the previous count.
+
+    The regressor's steps are tiny matmuls ((B*N, D) x (D, 2)); with 2+ threads they spend more time handing work
+    between threads than computing (measured 8x slower per step on a busy 2-core machine).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def fit_probe(tokens: torch.Tensor, cfg: RasaConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Train one position regressor on (M, h, w, D) tokens; returns its (2, D) weight.
 
-    AdamW (lr ``cfg.lr``, no weight decay) with a per-step cosine schedule over ``cfg.epochs`` passes of image
-    batches of ``cfg.batch_size``.
+    AdamW (lr ``cfg.lr``, no weight decay) with a per-step cosine schedule over ``cfg.epochs`` passes (at least
+    ``cfg.min_steps`` steps) of image batches of ``cfg.batch_size``.
     """
     m, h, w, d = tokens.shape
     target = position_targets(h, w)  # (N, 2), the same for every image
@@ -149,18 +166,29 @@ def fit_probe(tokens: torch.Tensor, cfg: RasaConfig, generator: torch.Generator 
         probe.weight.copy_(torch.rand(2, d, generator=generator) * 2 * bound - bound)
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(m / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    # a small fitting set gives few steps per epoch: train at least min_steps so the probe converges and a
+    # near-chance MSE means "no signal left", not "regressor undertrained"
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     flat = tokens.reshape(m, h * w, d)
-    for _ in range(cfg.epochs):
+    with single_thread():
+        _train_probe(probe, opt, sched, flat, target, epochs, cfg.batch_size, generator)
+    return probe.weight.detach().clone()
+
+
+def _train_probe(probe: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 flat: torch.Tensor, target: torch.Tensor, epochs: int, batch_size: int,
+                 generator: torch.Generator | None) -> None:
+    m = flat.shape[0]
+    for _ in range(epochs):
         order = torch.randperm(m, generator=generator)
-        for start in range(0, m, cfg.batch_size):
-            x = flat[order[start : start + cfg.batch_size]].float()
+        for start in range(0, m, batch_size):
+            x = flat[order[start : start + batch_size]].float()
             loss = F.mse_loss(torch.sigmoid(probe(x)), target.expand(x.shape[0], -1, -1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return probe.weight.detach().clone()
 
 
 @torch.no_grad()
