@@ -60,6 +60,7 @@ def test_download__second_run_downloads_nothing(data_run) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir()} == before
 
 
+@pytest.mark.slow  # an img2dataset start-up: ~30 s on a loaded 2-core machine
 def test_download__all_urls_dead_is_one_clear_error(tmp_path: Path, make_data_config) -> None:
     cfg = make_data_config(tmp_path / "store")
     with serve_folder(str(tmp_path)) as server:  # serves an empty folder: every URL is a 404
