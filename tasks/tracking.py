@@ -256,18 +256,6 @@ def numeric_stats(stats: Mapping[str, Any], prefix: str = "") -> tuple[dict[str,
     return scalars, series
 
 
-def find_stage_run(cfg: PipelineConfig, stage: str, input_digest: str) -> str | None:
-    """The run that computed this stage output (the oldest finished non-stub run with this input digest)."""
-    c = client(cfg)
-    runs = c.search_runs([experiment_id(cfg)], f"tags.`{TAG}stage` = '{stage}' and "
-                         f"tags.`{TAG}input_digest` = '{input_digest}' and attributes.status = 'FINISHED'",
-                         order_by=["attributes.start_time ASC"], max_results=20)
-    for run in runs:
-        if f"{TAG}cached_from" not in run.data.tags:
-            return run.info.run_id
-    return runs[0].info.run_id if runs else None
-
-
 def log_cached(cfg: PipelineConfig, parent_run_id: str, stage: str, result: StageResult, source_run_id: str) -> str:
     """A stub child run for a stage served from cache: it names the run that computed the output."""
     c = client(cfg)
