@@ -22,8 +22,8 @@ from franca_core.dedup.digest import dataset_digest
 from franca_core.dedup.fingerprint import fingerprint_shards
 from franca_core.dedup.hashing import hash_images, phash_hex
 from franca_core.dedup.near_dup import deduplicate
-from tasks.data_io import fs_of, is_local, open_store, read_parquet, write_parquet
-from tasks.storage import StageResult, input_digest
+from tasks.data_io import fs_of, open_store, read_parquet, write_parquet
+from tasks.storage import StageResult, input_digest, is_local
 
 MANIFEST_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("shard", pa.string()), ("key", pa.string()), ("content_hash", pa.string()),

@@ -28,8 +28,8 @@ from franca_core.data.corpus import PLACEHOLDER
 from franca_core.data.img2dataset_io import finished_shards, merged_stats, read_download_log
 from franca_core.dedup.quality import CAUSES, SUCCESS
 from infra.offline import offline_env
-from tasks.data_io import move_tree, open_store, read_parquet, write_parquet
-from tasks.storage import StageResult, input_digest, sha256_json
+from tasks.data_io import open_store, read_parquet, write_parquet
+from tasks.storage import StageResult, input_digest, move_tree, sha256_json
 from tasks.url_server import serve_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -38,6 +38,25 @@ def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local filesystem."""
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Move a folder: one rename locally; on object stores a copy of its file list, then a delete.
+
+    ``fs.mv(recursive=True)`` on S3 (fsspec 2026.9) also tries to copy the inferred "directories" of a nested tree
+    and fails with NoSuchKey, so object stores move the file list instead.
+    """
+    if is_local(fs):
+        fs.mv(src, dst, recursive=True)
+        return
+    files = fs.find(src)
+    fs.copy(files, [dst + f[len(src):] for f in files])
+    fs.rm(src, recursive=True)
+
+
 def input_digest(config: Any, inputs: dict[str, str]) -> str:
     """Digest naming a stage's output folder: its config section and the digests of its inputs."""
     cfg = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
@@ -84,7 +103,7 @@ class StageStore:
             yield tmp
             if self.fs.exists(final):  # an unfinished earlier attempt (no result.json): replace it
                 self.fs.rm(final, recursive=True)
-            self.fs.mv(tmp, final, recursive=True)
+            move_tree(self.fs, tmp, final)
         finally:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp, recursive=True)
