@@ -16,8 +16,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from tasks.digests import uri_digest
 from tasks.storage import RESULT_FILE, StageResult
-from tasks.tracking import TAG, uri_digest
+from tasks.tracking import TAG
 
 STAGE_ORDER = ("source", "select", "download", "dedup", "pretrain", "rasa", "highres", "evaluate", "register")
 

@@ -19,6 +19,7 @@ import mlflow
 
 from franca_core.config import PipelineConfig
 from tasks import tracking
+from tasks.digests import uri_digest
 from tasks.stage_runner import Tracked
 from tasks.storage import StageResult, input_digest, sha256_json
 
@@ -43,7 +44,7 @@ def register(cfg: PipelineConfig, run_id: str, parent_run_id: str, inputs: Mappi
     """Log the model files to the active run, create a model version and point the alias at it."""
     name = f"{cfg.tracking.registered_model_prefix}-{cfg.profile}"
     files = model_files(inputs)
-    digests = {k: tracking.uri_digest(v) for k, v in files.items()}
+    digests = {k: uri_digest(v) for k, v in files.items()}
     card: dict[str, Any] = {
         "name": name, "profile": cfg.profile, "files": {k: Path(v).name for k, v in files.items()},
         "sha256": {k: d["sha256"] for k, d in digests.items()},

@@ -12,7 +12,6 @@ Credentials never reach MLflow: every param and tag value goes through ``redact`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import mlflow
 from mlflow import MlflowClient
 from mlflow.data.meta_dataset import MetaDataset
@@ -30,6 +28,7 @@ from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource, S
 from pydantic import BaseModel
 
 from franca_core.config import PipelineConfig, config_digest
+from tasks.digests import fs_of, uri_digest
 from tasks.storage import StageResult, sha256_json
 
 TAG = "franca."
@@ -108,39 +107,6 @@ def flat_params(data: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[s
     return out
 
 
-# ---------------------------------------------------------------------------------------------- hashing
-def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(uri)
-
-
-def uri_digest(uri: str, limit_bytes: int | None = None) -> dict[str, Any]:
-    """sha256 of a file, or of the sorted ``(relative path, sha256)`` list of a folder; size-only above the limit."""
-    fs, path = _fs(uri)
-    if fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if not fs.isdir(p))
-        parts = [(p[len(path):].lstrip("/"), uri_digest(fs.unstrip_protocol(p) if "://" in uri else p, limit_bytes))
-                 for p in files]
-        return {"kind": "dir", "sha256": sha256_json([(n, d.get("sha256"), d["bytes"]) for n, d in parts]),
-                "bytes": sum(d["bytes"] for _, d in parts), "files": len(parts)}
-    size = int(fs.size(path))
-    if limit_bytes is not None and size > limit_bytes:
-        return {"kind": "file", "sha256": None, "bytes": size}  # too big to hash on every run: size only
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"kind": "file", "sha256": h.hexdigest(), "bytes": size}
-
-
-def dataset_source(uri: str) -> Any:
-    """A concrete MLflow dataset source for a local path, s3:// or http(s):// URI."""
-    if uri.startswith("s3://"):
-        return S3ArtifactDatasetSource(uri)
-    if uri.startswith(("http://", "https://")):
-        return HTTPDatasetSource(redact(uri))
-    return LocalArtifactDatasetSource(str(Path(uri.removeprefix("file://")).resolve()))
-
-
 # ----------------------------------------------------------------------------------------------- runs
 def open_parent(cfg: PipelineConfig, flow_run_id: str, flow_run_name: str = "") -> str:
     """The parent run of this flow run: reopened on a retry of the same flow run, else created."""
@@ -181,6 +147,15 @@ def stage_run(cfg: PipelineConfig, parent_run_id: str, stage: str, params: Mappi
         yield run.info.run_id
 
 
+def dataset_source(uri: str) -> Any:
+    """A concrete MLflow dataset source for a local path, s3:// or http(s):// URI."""
+    if uri.startswith("s3://"):
+        return S3ArtifactDatasetSource(uri)
+    if uri.startswith(("http://", "https://")):
+        return HTTPDatasetSource(redact(uri))
+    return LocalArtifactDatasetSource(str(Path(uri.removeprefix("file://")).resolve()))
+
+
 def log_inputs(inputs: Mapping[str, StageResult], files: Mapping[str, str], limit_bytes: int) -> None:
     """``log_input`` for every upstream output and every extra file read (e.g. evaluation sets)."""
     for role, up in inputs.items():
@@ -212,7 +187,7 @@ def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes:
             continue  # a pointer to an upstream file (e.g. the corpus folder): that stage's run records it
         outputs[name] = {"uri": redact(uri), **uri_digest(uri, hash_limit_bytes)}
         if _copyable(outputs[name], uri, artifact_limit_bytes):
-            fs, path = _fs(uri)
+            fs, path = fs_of(uri)
             if fs.isdir(path):
                 mlflow.log_artifacts(path, artifact_path=f"outputs/{name}")
             else:
@@ -229,7 +204,7 @@ def _copyable(digest: Mapping[str, Any], uri: str, limit_bytes: int) -> bool:
     if "://" in uri or digest["bytes"] > limit_bytes:
         return False
     if digest["kind"] == "dir":
-        fs, path = _fs(uri)
+        fs, path = fs_of(uri)
         return digest["files"] <= 200 and not any(p.endswith(".tar") for p in fs.find(path))
     return True
 

@@ -88,6 +88,6 @@ def install(monkeypatch: Any, only: tuple[str, ...] | None = None) -> Counter[st
             continue
         fake = types.ModuleType(module)
         for name in names:
-            setattr(fake, name, getattr(sys.modules[__name__], name))
+            setattr(fake, name, globals()[name])
         monkeypatch.setitem(sys.modules, module, fake)
     return CALLS
