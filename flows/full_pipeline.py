@@ -33,8 +33,8 @@ def franca(profile: str = "tiny", overrides: list[str] | None = None, snapshots:
         shards = stage.download(cfg, subset, parent)
         dataset = stage.dedup(cfg, shards, parent)
         pretrained = stage.pretrain(cfg, dataset, parent)
-        rasa = stage.fit_rasa(cfg, pretrained, dataset, parent)
         adapted = stage.adapt_highres(cfg, pretrained, dataset, parent)
+        rasa = stage.fit_rasa(cfg, adapted, dataset, parent)  # on the final weights: high-res training moves them
         report = stage.evaluate(cfg, adapted, rasa, parent)
         model = stage.register(cfg, adapted, rasa, report, dataset, parent)
     except BaseException:

@@ -59,6 +59,12 @@ def _short(value: str | None, n: int = 12) -> str:
     return (value or "-")[:n]
 
 
+def _metric_rank(item: tuple[str, float]) -> tuple[int, str]:
+    """Headline evaluation figures first, then a stage's top-level figures, then nested ones."""
+    key = item[0]
+    return (0 if key.startswith(("summary.", "eval.")) else 1 if "." not in key else 2, key)
+
+
 def render(record: dict[str, Any], checks: list[dict[str, Any]] | None) -> str:
     """The lineage as text, newest stage first, down to the URL list."""
     lines = []
@@ -76,7 +82,7 @@ def render(record: dict[str, Any], checks: list[dict[str, Any]] | None) -> str:
         for i in s["inputs"]:
             lines.append(f"      <- {i['name']:<22} sha256 {_short(i['sha256'], 16)}  ({i['context']})")
         lines.append(f"      -> output sha256 {_short(s['output_digest'], 16)}  {s['output_uri']}")
-        metrics = [f"{k}={v:.4g}" for k, v in sorted(s["metrics"].items()) if "." not in k or k.count(".") < 2][:8]
+        metrics = [f"{k}={v:.4g}" for k, v in sorted(s["metrics"].items(), key=_metric_rank)][:8]
         if metrics:
             lines.append(f"      metrics {' '.join(metrics)}")
     if u := record["url_list"]:

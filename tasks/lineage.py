@@ -20,7 +20,7 @@ from tasks.digests import uri_digest
 from tasks.storage import RESULT_FILE, StageResult
 from tasks.tracking import TAG
 
-STAGE_ORDER = ("source", "select", "download", "dedup", "pretrain", "rasa", "highres", "evaluate", "register")
+STAGE_ORDER = ("source", "select", "download", "dedup", "pretrain", "highres", "rasa", "evaluate", "register")
 
 
 class LineageError(LookupError):

@@ -80,7 +80,7 @@ def pretrain_task(cfg: PipelineConfig, dataset: Tracked, parent_run_id: str) -> 
 
 @task(name="rasa", cache_policy=cache_policy(*SECTIONS["rasa"]), **_OPTS)
 def rasa_task(cfg: PipelineConfig, model: Tracked, dataset: Tracked, parent_run_id: str) -> Tracked:
-    """Fit the RASA projection that removes positional directions from the frozen patch tokens."""
+    """Fit the RASA projection that removes positional directions from the final backbone's patch tokens."""
     from tasks.fit_rasa import fit_rasa
 
     with stage_run("rasa", SECTIONS["rasa"], cfg, parent_run_id, {"model": model, "dataset": dataset}) as run:
