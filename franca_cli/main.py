@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     "franca_cli.stack",
     "franca_cli.lineage",
     "franca_cli.run",
+    "franca_cli.eval",
 ]
 
 

@@ -268,11 +268,12 @@ class EvalConfig(_Section):
     linear_with_patch_mean: bool = True  # also report CLS + mean patch token
     overcluster_factors: list[int] = [1, 3, 10]  # K = factor * classes (1: Hungarian, >1: greedy many-to-one)
     pca_dim: int = Field(50, gt=0)
-    kmeans_max_tokens: int = Field(50_000, gt=0)  # patch tokens the PCA / k-means are fitted on
+    kmeans_max_tokens: int = Field(20_000, gt=0)  # patch tokens the PCA / k-means are fitted on
+    kmeans_n_init: int = Field(1, ge=1)  # k-means restarts (best inertia kept)
     mask_max_side: int = Field(96, gt=0)  # masks are compared on a grid with this long side
     incontext_k: int = Field(30, gt=0)
     incontext_temperature: float = Field(0.02, gt=0)
-    incontext_bank_size: int = Field(20_000, gt=0)  # memory-bank patches (random subsample)
+    incontext_bank_size: int = Field(10_000, gt=0)  # memory-bank patches (random subsample; exact search)
     ood_in: str | None = None  # set name (prefix) used as the in-distribution bank / queries
     ood_out: str | None = None  # set name (prefix) of the out-of-distribution queries
     ood_k: int = Field(10, gt=0)

@@ -10,7 +10,7 @@ is copied), the DINO / iBOT heads start fresh, and the whole model trains with t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from franca_core.config import HighresConfig, ModelConfig, TrainConfig
 from franca_core.data.multicrop_loader import multicrop_loader
 from franca_core.models.backbone import FrancaViT, build_backbone
 from franca_core.train.loop import run_steps
-from franca_core.train.trainer import FrancaTrainer
+from franca_core.train.trainer import Batch, FrancaTrainer
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
@@ -81,7 +81,8 @@ class HighresResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def adapt_highres(train_cfg: TrainConfig, hr: HighresConfig, teacher_backbone: FrancaViT, dataset: Dataset,
+def adapt_highres(train_cfg: TrainConfig, hr: HighresConfig, teacher_backbone: FrancaViT,
+                  dataset: Dataset | Callable[[TrainConfig], Iterable[Batch]],
                   on_log: Callable[[dict[str, Any]], None] | None = None,
                   max_seconds: float | None = None) -> HighresResult:
     """Resize, re-initialise the heads and train for ``hr.steps`` at ``hr.global_size``.
@@ -90,7 +91,8 @@ def adapt_highres(train_cfg: TrainConfig, hr: HighresConfig, teacher_backbone: F
         train_cfg: the pretraining ``train`` section (architecture and losses).
         hr: the ``highres`` section.
         teacher_backbone: the pretrained teacher backbone (at ``train_cfg.model.img_size``).
-        dataset: images to train on; items ``(PIL image, ...)``.
+        dataset: images to train on (items ``(PIL image, ...)``), or a function of the high-res ``TrainConfig``
+            returning a batch iterable (e.g. the shard stream of ``franca_core.data.shards.build_loader``).
         max_seconds: optional wall budget (stops early; the result then has fewer steps).
     """
     cfg = highres_train_config(train_cfg, hr)
@@ -101,5 +103,6 @@ def adapt_highres(train_cfg: TrainConfig, hr: HighresConfig, teacher_backbone: F
         model.backbone.load_state_dict(resized.state_dict())
     history: list[dict[str, Any]] = []
     if hr.steps > 0:
-        history = run_steps(trainer, multicrop_loader(cfg, dataset), hr.steps, on_log, cfg.log_every, max_seconds)
+        loader = dataset(cfg) if callable(dataset) else multicrop_loader(cfg, dataset)
+        history = run_steps(trainer, loader, hr.steps, on_log, cfg.log_every, max_seconds)
     return HighresResult(trainer.teacher.backbone.eval(), cfg, trainer, history)

@@ -58,12 +58,49 @@ class EvalSet(Dataset):
         self.path = Path(path)
         self.name = name or self.path.stem
         self.meta: dict[str, str] = {}
+        self.content_digest: str | None = None
         if self.path.is_file():
             self._read_parquet()
         elif self.path.is_dir():
             self._read_folder()
         else:
             raise FileNotFoundError(f"evaluation set {self.name!r} not found: {self.path}")
+        self._setup(patch_size, resolution, max_images, seed, mask_max_side)
+
+    @classmethod
+    def from_records(cls, name: str, images: list[bytes], patch_size: int, labels: list[int] | None = None,
+                     masks: list[bytes] | None = None, mask_classes: list[str] | None = None,
+                     resolution: int | None = None, max_images: int | None = None, seed: int = 0,
+                     mask_max_side: int = 96, ignore_index: int = 255, square: bool = False) -> EvalSet:
+        """A set from encoded images (and PNG masks) in memory, e.g. generated images or images read from shards.
+
+        ``square`` (no masks, ``resolution`` given): resize the short side and centre-crop to a square, for sets of
+        mixed aspect ratios such as web images.
+        """
+        if square and (masks is not None or resolution is None):
+            raise ValueError("square evaluation geometry needs a resolution and no masks")
+        self = cls.__new__(cls)
+        self.path, self.name, self.meta = Path(f"<memory:{name}>"), name, {}
+        self.items, self.masks = list(images), (list(masks) if masks is not None else None)
+        self.labels = np.asarray(labels if labels is not None else [-1] * len(self.items), dtype=np.int64)
+        self.label_classes, self.mask_classes, self.ignore_index = [], list(mask_classes or []), ignore_index
+        h = hashlib.sha256()
+        for blob in [*self.items, *(self.masks or [])]:
+            h.update(hashlib.sha256(blob).digest())
+        h.update(self.labels.tobytes())
+        self.content_digest = h.hexdigest()
+        self._setup(patch_size, resolution, max_images, seed, mask_max_side)
+        if square:
+            side = _round_to(float(resolution or 0), patch_size)
+            self.image_size, self.grid = (side, side), (side // patch_size, side // patch_size)
+            self.transform = v2.Compose([v2.ToImage(), v2.Resize(side, antialias=True,
+                                                                 interpolation=v2.InterpolationMode.BICUBIC),
+                                         v2.CenterCrop(side), normalize()])
+        return self
+
+    def _setup(self, patch_size: int, resolution: int | None, max_images: int | None, seed: int,
+               mask_max_side: int) -> None:
+        """Subset, mask checks and geometry (shared by every constructor)."""
         n = len(self.items)
         if n == 0:
             raise ValueError(f"evaluation set {self.name!r} ({self.path}) is empty")
@@ -153,10 +190,13 @@ class EvalSet(Dataset):
 
     def identity(self) -> dict[str, Any]:
         """What the features of this set depend on (for caching): file identity, rows, geometry."""
-        stat = self.path.stat()
         rows = hashlib.sha256(np.ascontiguousarray(self.rows).tobytes()).hexdigest()[:16]
-        return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "rows": rows, "n": len(self), "image_size": list(self.image_size),
+        if self.content_digest is not None:
+            source: dict[str, Any] = {"content": self.content_digest}
+        else:
+            stat = self.path.stat()
+            source = {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return {**source, "rows": rows, "n": len(self), "image_size": list(self.image_size),
                 "mask_size": list(self.mask_size)}
 
     def image(self, i: int) -> Image.Image:

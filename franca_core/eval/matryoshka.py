@@ -14,6 +14,7 @@ import torch
 
 from franca_core.eval.knn import knn_accuracies
 from franca_core.eval.linear import linear_probe
+from franca_core.eval.overcluster import pca_basis
 
 
 def matryoshka_dims(embed_dim: int, n_levels: int = 5) -> list[int]:
@@ -24,10 +25,7 @@ def matryoshka_dims(embed_dim: int, n_levels: int = 5) -> list[int]:
 
 def pca_project(train: torch.Tensor, test: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Both sets projected on the top-d principal directions of ``train`` (centred with the train mean)."""
-    mean = train.float().mean(dim=0, keepdim=True)
-    # full SVD of the (D, D)-sized problem: exact and cheap for D <= a few thousand
-    _, _, vh = torch.linalg.svd(train.float() - mean, full_matrices=False)
-    basis = vh[:d].t()
+    mean, basis = pca_basis(train.float(), d)
     return (train.float() - mean) @ basis, (test.float() - mean) @ basis
 
 

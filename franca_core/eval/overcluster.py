@@ -18,15 +18,21 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from franca_core.eval.miou import cluster_miou, confusion
 
 
 def pca_basis(tokens: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and top-``dim`` principal directions (D, dim) of (n, D) tokens."""
+    """Mean (D,) and top-``dim`` principal directions (D, dim) of (n, D) tokens.
+
+    Eigenvectors of the (D, D) covariance in float64: the same directions as an SVD of the (n, D) data, at a
+    fraction of the cost for n >> D.
+    """
     mean = tokens.mean(dim=0)
-    _, _, vh = torch.linalg.svd(tokens - mean, full_matrices=False)
-    return mean, vh[: min(dim, vh.shape[0])].t()
+    centred = (tokens - mean).double()
+    _, vecs = torch.linalg.eigh(centred.t() @ centred)  # ascending eigenvalues
+    return mean, vecs.flip(1)[:, : min(dim, vecs.shape[1])].float()
 
 
 def upsampled_assign(patch: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, centroids: torch.Tensor,
@@ -37,7 +43,9 @@ def upsampled_assign(patch: torch.Tensor, mean: torch.Tensor, basis: torch.Tenso
         z = (patch[start : start + batch].float() - mean) @ basis  # (b, h, w, p)
         z = F.interpolate(z.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
         z = z.permute(0, 2, 3, 1)  # (b, gh, gw, p)
-        out.append(torch.cdist(z.reshape(-1, z.shape[-1]), centroids).argmin(dim=1).reshape(z.shape[:3]))
+        # argmin_c |z - c|^2 = argmin_c (|c|^2 - 2 z.c): one matmul (several times faster than cdist here)
+        scores = (centroids * centroids).sum(1) - 2 * z.reshape(-1, z.shape[-1]) @ centroids.t()
+        out.append(scores.argmin(dim=1).reshape(z.shape[:3]))
     return torch.cat(out)
 
 
@@ -71,7 +79,8 @@ def overcluster(patch: torch.Tensor, masks: torch.Tensor, n_classes: int, ks: Se
     predictions: dict[int, torch.Tensor] = {}
     for k in ks:
         k_eff = min(k, z.shape[0])
-        km = KMeans(n_clusters=k_eff, n_init=n_init, random_state=seed).fit(z)
+        with threadpool_limits(1):  # small fit: threads cost more than they give (see eval/linear.py)
+            km = KMeans(n_clusters=k_eff, n_init=n_init, random_state=seed).fit(z)
         centroids = torch.from_numpy(km.cluster_centers_).float()
         assigned = upsampled_assign(patch, mean, basis, centroids, tuple(masks.shape[1:]))
         conf = confusion(assigned, masks, k_eff, n_classes, ignore_index)

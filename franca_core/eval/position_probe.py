@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from franca_core.config import RasaConfig
 from franca_core.eval.data import EvalSet
@@ -20,15 +20,17 @@ from franca_core.rasa import RasaResult, dihedral, dihedral_choices, fit_rasa, p
 
 @torch.no_grad()
 def augmented_tokens(backbone: nn.Module, evalset: EvalSet, views: int, batch_size: int = 128,
-                     seed: int = 0) -> torch.Tensor:
-    """(n_images, views, h, w, D) float16 patch tokens; view 0 is the identity, the others random dihedral elements."""
+                     seed: int = 0, limit: int | None = None) -> torch.Tensor:
+    """(n_images, views, h, w, D) float16 patch tokens of the first ``limit`` images; view 0 is the identity, the
+    others random dihedral elements."""
     h, w = evalset.grid
+    data = Subset(evalset, range(min(limit, len(evalset)))) if limit is not None else evalset
     choices = dihedral_choices(h, w)
     gen = torch.Generator().manual_seed(seed)
     was_training = backbone.training
     backbone.eval()
     chunks = []
-    for images, _, _ in DataLoader(evalset, batch_size=batch_size):
+    for images, _, _ in DataLoader(data, batch_size=batch_size):
         per_view = []
         for v in range(views):
             ks = [0] * len(images) if v == 0 else [choices[int(i)] for i in
@@ -52,8 +54,9 @@ def split_images(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.
 
 def fit_rasa_on(backbone: nn.Module, evalset: EvalSet, cfg: RasaConfig, batch_size: int = 128,
                 seed: int = 0) -> RasaResult:
-    """Fit RASA on an image set: all augmented views of the fitting images, identity views of the held-out ones."""
-    tokens = augmented_tokens(backbone, evalset, cfg.views, batch_size, seed)
+    """Fit RASA on (at most ``cfg.max_images`` of) an image set: all augmented views of the fitting images,
+    identity views of the held-out ones."""
+    tokens = augmented_tokens(backbone, evalset, cfg.views, batch_size, seed, limit=cfg.max_images)
     fit_idx, test_idx = split_images(len(tokens), cfg.holdout, seed)
     train = tokens[torch.from_numpy(fit_idx)].flatten(0, 1)  # (n_fit * views, h, w, D)
     test = tokens[torch.from_numpy(test_idx), 0]

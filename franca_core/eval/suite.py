@@ -166,7 +166,8 @@ class EvalSuite:
         out: dict[str, Any] = {"classes": n_cls}
         for variant, patch in self._variants(te["patch"]).items():
             res = overcluster(patch, te["masks"], n_cls, overcluster_ks(n_cls, self.cfg.overcluster_factors),
-                              s.ignore_index, self.cfg.pca_dim, self.cfg.kmeans_max_tokens, self.cfg.seed, keep=keep)
+                              s.ignore_index, self.cfg.pca_dim, self.cfg.kmeans_max_tokens, self.cfg.seed,
+                              self.cfg.kmeans_n_init, keep=keep)
             out[variant] = {f"K={k}": v for k, v in res["miou"].items()}
             if keep and variant == "raw":
                 self.figures["overcluster"] = res["predictions"][n_cls]

@@ -94,12 +94,15 @@ def _model_cfg(data: Any, source: str) -> ModelConfig:
         raise ValueError(f"checkpoint {source} holds no valid model config: {exc.errors()[0]['msg']}") from None
 
 
-def load_backbone(path: str | Path, expected: ModelConfig | None = None) -> LoadedBackbone:
+def load_backbone(path: str | Path, expected: ModelConfig | None = None,
+                  model_cfg: ModelConfig | None = None) -> LoadedBackbone:
     """Read a training checkpoint (``.pt``) or an exported backbone (``.safetensors``).
 
     Args:
         path: the file.
         expected: when given, a checkpoint whose architecture differs raises ``ValueError`` naming the fields.
+        model_cfg: the architecture of a plain safetensors file that carries none in its metadata (e.g. the
+            pretrain stage's ``backbone.safetensors`` / ``teacher.safetensors`` beside ``train_config.json``).
     """
     path = Path(path)
     source = str(path)
@@ -109,11 +112,18 @@ def load_backbone(path: str | Path, expected: ModelConfig | None = None) -> Load
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta.get("format") != FORMAT or "model" not in meta:
-            raise ValueError(f"{path} is not a Franca backbone file (metadata format={meta.get('format')!r})")
-        cfg = _model_cfg(json.loads(meta["model"]), source)
+        if meta.get("format") == FORMAT and "model" in meta:
+            cfg = _model_cfg(json.loads(meta["model"]), source)
+        elif model_cfg is not None:
+            cfg = model_cfg
+        else:
+            raise ValueError(f"{path} carries no architecture (metadata format={meta.get('format')!r}); "
+                             "pass the model config it was trained with")
         train_config = json.loads(meta["train_config"]) if "train_config" in meta else None
-        state, rasa = _strip(tensors, "backbone."), tensors.get("rasa.matrix")
+        prefixed = any(k.startswith("backbone.") for k in tensors)
+        state = (_strip(tensors, "backbone.") if prefixed
+                 else {k: v for k, v in tensors.items() if not k.startswith("rasa.")})
+        rasa = tensors.get("rasa.matrix")
     else:
         try:
             ckpt = load_checkpoint(path)

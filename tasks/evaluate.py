@@ -1,0 +1,93 @@
+"""Stage 7: run the evaluation protocols on a model; report, tables and plots, logged to MLflow when a run is active.
+
+Plain function (the Prefect task wrapper is ``tasks.prefect_stages.evaluate_task``). Sets: ``eval.datasets`` (named
+``<group>-<split>``), else generated labelled + segmented images. The RASA matrix comes from the rasa output when
+given, else from the model file. Output ``<root>/evaluate/<input_digest>/``: ``report.json``, ``report.md`` and the
+PNG plots; ``stats["summary"]`` holds the headline figures (MLflow-safe keys) the flow puts on its parent run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from franca_core.config import PipelineConfig
+from franca_core.eval.evaluate import evaluate_backbone, open_sets, synthetic_sets
+from tasks.model_io import load_stage_model, rasa_matrix_of
+from tasks.storage import StageResult, StageStore, input_digest
+
+STAGE = "evaluate"
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """Flat ``{metric: value}``: k-NN (k=20), linear, overclustering (K = classes), in-context, OOD, position MSE."""
+    res, out = report.get("results", {}), {}
+    for group, feats in res.get("knn", {}).items():
+        for feat, acc in feats.items():
+            out[f"knn_top1.{group}.{feat}"] = acc.get(20, next(iter(acc.values())))
+    for group, feats in res.get("linear", {}).items():
+        out.update({f"linear_top1.{group}.{feat}": v for feat, v in feats.items()})
+    for task in ("overcluster", "incontext"):
+        for group, v in res.get(task, {}).items():
+            for variant in ("raw", "rasa"):
+                if variant in v:
+                    val = v[variant]
+                    out[f"{task}_miou.{group}.{variant}"] = val.get(f"K={v['classes']}") if isinstance(val, dict) \
+                        else val
+    for group, v in res.get("position", {}).items():
+        out.update({f"position_mse.{group}.{variant}": p["mse"] for variant, p in v.items()})
+    if "ood" in res:
+        out.update({"ood.auroc": res["ood"]["auroc"], "ood.fpr95": res["ood"]["fpr95"]})
+    # MLflow metric names: letters, digits, _ - . / and spaces
+    return {re.sub(r"[^\w\-./ ]", "_", k): float(v) for k, v in out.items() if v is not None}
+
+
+def _set_identity(path: str) -> str:
+    fs, p = fsspec.core.url_to_fs(path)
+    info = fs.info(p)
+    return f"{path}:{info.get('size')}:{info.get('mtime', info.get('LastModified', ''))}"
+
+
+def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
+    """Metrics and the report folder, into the active MLflow run (if any)."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({f"eval.{k}": v for k, v in summary.items()})
+    mlflow.log_artifacts(str(folder), artifact_path="evaluation")
+
+
+def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult | None = None) -> StageResult:
+    """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
+    store = StageStore(cfg.storage.root)
+    sets_id = {name: _set_identity(path) for name, path in sorted(cfg.eval.datasets.items())}
+    digest = input_digest(cfg.eval, {"model": model.digest, "rasa": rasa.digest if rasa else "", **sets_id})
+    if (done := store.load(STAGE, digest)) is not None:
+        return done
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp)
+        loaded = load_stage_model(model, local / "in")
+        matrix = rasa_matrix_of(rasa, local / "in") if rasa is not None else loaded.rasa_matrix
+        patch = loaded.model_cfg.patch_size
+        sets = (open_sets(cfg.eval.datasets, patch, cfg.eval) if cfg.eval.datasets
+                else synthetic_sets(patch, size=cfg.train.crops.global_size))
+        eval_cfg = cfg.eval.model_copy(update={"cache_dir": cfg.eval.cache_dir or str(local / "cache")})
+        report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, local / "report",
+                                             cfg.train.heads.n_levels, matrix)
+        summary = headline(report)
+        _log_mlflow(summary, local / "report")
+        with store.writing(STAGE, digest) as out:
+            for path in files.values():
+                store.fs.put(str(path), f"{out}/{path.name}")
+        out_digest = hashlib.sha256(files["json"].read_bytes()).hexdigest()
+    final = store.path(STAGE, digest)
+    stats = {"summary": summary, "timing": {k: v for k, v in report["timing"].items() if v is not None},
+             "skipped": report["skipped"]}
+    return store.publish(StageResult(stage=STAGE, uri=store.uri(final), input_digest=digest, digest=out_digest,
+                                     stats=stats, files={k: store.uri(f"{final}/{p.name}") for k, p in files.items()}))
