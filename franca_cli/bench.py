@@ -21,7 +21,8 @@ from franca_core.data.synthetic import iter_images
 from franca_core.train.trainer import Batch, FrancaTrainer
 
 # Modules that define ``register_bench(bench_subparsers)``; this module registers ``step`` itself.
-BENCH_MODULES: list[str] = ["franca_cli.bench_train", "franca_cli.bench_data", "franca_cli.bench_pipeline"]
+BENCH_MODULES: list[str] = ["franca_cli.bench_train", "franca_cli.bench_data", "franca_cli.bench_pipeline",
+                            "franca_cli.bench_eval"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -46,7 +46,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"## Matryoshka truncation ({g}, top-1 %)", ""]
         keys = [k for k in ("knn", "pca_knn", "linear", "pca_linear") if k in t]
         out += _rows(["d"] + keys, [[str(d)] + [_pct(t[k].get(d, t[k].get(str(d)))) for k in keys]
-                                    for d in t["dims"]]) + ["", "![matryoshka](matryoshka.png)", ""]
+                                    for d in t["dims"]]) + ["", f"![matryoshka](matryoshka_{g}.png)", ""]
     for task, title in (("overcluster", "Overclustering mIoU (%)"), ("incontext", "In-context segmentation mIoU (%)"),
                         ("position", "Position probe MSE (chance)")):
         if task in res:
@@ -86,9 +86,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path, figures: dict[str,
     files["json"].write_text(json.dumps(report, indent=1, default=str))
     files["markdown"].write_text(markdown(report))
     res = report.get("results", {})
-    if res.get("matryoshka"):
-        group, table = next(iter(res["matryoshka"].items()))
-        files["matryoshka_png"] = plot_matryoshka(table, out / "matryoshka.png", f"Matryoshka truncation ({group})")
+    for group, table in res.get("matryoshka", {}).items():
+        files[f"matryoshka_{group}_png"] = plot_matryoshka(table, out / f"matryoshka_{group}.png",
+                                                           f"Matryoshka truncation ({group})")
     if "rasa" in report:
         files["rasa_png"] = plot_rasa(report["rasa"], out / "rasa_mse.png")
     figures = figures or {}
