@@ -237,6 +237,10 @@ def log_cached(cfg: PipelineConfig, parent_run_id: str, stage: str, result: Stag
     source = c.get_run(source_run_id)
     if source.data.tags.get("mlflow.parentRunId") == parent_run_id:
         return source_run_id  # a retry of the same flow run: the stage's run is already under this parent
+    logged = c.search_runs([experiment_id(cfg)], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                           f"tags.`{TAG}cached_from` = '{source_run_id}'", max_results=1)
+    if logged:
+        return logged[0].info.run_id  # a retry of this flow run already recorded the same cache hit
     keep = {k: v for k, v in source.data.tags.items() if k.startswith(TAG) and k != f"{TAG}cached_from"}
     tags = {**keep, f"{TAG}cached_from": source_run_id, "mlflow.parentRunId": parent_run_id}
     run = c.create_run(experiment_id(cfg), run_name=f"{stage} (cached)", tags=tags)
