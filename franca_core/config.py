@@ -266,6 +266,7 @@ class EvalConfig(_Section):
     linear_c: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic regression
     linear_max_iter: int = Field(200, gt=0)
     linear_with_patch_mean: bool = True  # also report CLS + mean patch token
+    matryoshka_linear: bool = True  # linear probes in the truncation table (2 per dimension), besides k-NN
     overcluster_factors: list[int] = [1, 3, 10]  # K = factor * classes (1: Hungarian, >1: greedy many-to-one)
     pca_dim: int = Field(50, gt=0)
     kmeans_max_tokens: int = Field(20_000, gt=0)  # patch tokens the PCA / k-means are fitted on

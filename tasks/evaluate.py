@@ -76,7 +76,8 @@ def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult | None =
         matrix = rasa_matrix_of(rasa, local / "in") if rasa is not None else loaded.rasa_matrix
         patch = loaded.model_cfg.patch_size
         sets = (open_sets(cfg.eval.datasets, patch, cfg.eval) if cfg.eval.datasets
-                else synthetic_sets(patch, size=cfg.train.crops.global_size))
+                else synthetic_sets(patch, n_images=min(200, cfg.data.synthetic.n_images),
+                                    size=cfg.train.crops.global_size))
         eval_cfg = cfg.eval.model_copy(update={"cache_dir": cfg.eval.cache_dir or str(local / "cache")})
         report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, local / "report",
                                              cfg.train.heads.n_levels, matrix)

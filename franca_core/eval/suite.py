@@ -156,7 +156,8 @@ class EvalSuite:
         dims = matryoshka_dims(tr["cls"].shape[1], self.n_levels)
         k = 20 if 20 in self.cfg.knn_k else self.cfg.knn_k[0]
         table = truncation_table(tr["cls"], tr["labels"], te["cls"], te["labels"], dims, k, self.cfg.knn_temperature,
-                                 True, self.cfg.linear_c, self.cfg.linear_max_iter, self.cfg.seed)
+                                 self.cfg.matryoshka_linear, self.cfg.linear_c, self.cfg.linear_max_iter,
+                                 self.cfg.seed)
         return {"dims": dims, "knn_k": k, **table}
 
     def overcluster(self, pair: Pair) -> dict[str, Any]:
