@@ -38,11 +38,15 @@ def cache_key(digest: str, evalset: EvalSet, keep_patches: bool) -> str:
 
 
 def cached_features(model: nn.Module, evalset: EvalSet, cache_dir: str | Path | None, batch_size: int = 256,
-                    keep_patches: bool = False, digest: str | None = None) -> dict[str, torch.Tensor]:
+                    keep_patches: bool = False, digest: str | None = None,
+                    info: dict[str, bool] | None = None) -> dict[str, torch.Tensor]:
     """``extract_eval_features`` through the cache (no cache when ``cache_dir`` is None).
 
-    A cached entry with patch grids also serves a request without them.
+    A cached entry with patch grids also serves a request without them. ``info["hit"]`` says whether the
+    features came from the cache (so callers time only real extractions).
     """
+    info = info if info is not None else {}
+    info["hit"] = False
     if cache_dir is None:
         return extract_eval_features(model, evalset, batch_size, keep_patches)
     digest = digest or model_digest(model)
@@ -50,6 +54,7 @@ def cached_features(model: nn.Module, evalset: EvalSet, cache_dir: str | Path | 
     for flag in ([True] if keep_patches else [False, True]):
         path = cache_dir / f"{cache_key(digest, evalset, flag)}.pt"
         if path.is_file():
+            info["hit"] = True
             return load_checkpoint(path)
     feats = extract_eval_features(model, evalset, batch_size, keep_patches)
     save_checkpoint(feats, cache_dir / f"{cache_key(digest, evalset, keep_patches)}.pt")
