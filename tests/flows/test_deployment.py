@@ -199,16 +199,22 @@ def test_changing_only_an_eval_setting__reruns_only_evaluate_and_register(live: 
     assert fresh == {"evaluate", "register"}
 
 
-def test_lineage__reaches_the_url_list_and_verify_fails_after_an_artifact_changes(live: Stack, first: str) -> None:
-    uri = ["--tracking-uri", live.settings.mlflow_uri]
-    out = json.loads(live.cli("franca", "lineage", "models:/franca-tiny/1", "--json", *uri).stdout)
+def test_lineage__reaches_the_url_list_and_verify_fails_after_an_artifact_changes(
+        live: Stack, first: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from franca_cli.main import main  # in-process: the CLI's start-up (torch imports) once, not per call
+
+    def lineage(*args: str) -> tuple[int, str]:
+        code = main(["lineage", "models:/franca-tiny/1", *args, "--tracking-uri", live.settings.mlflow_uri])
+        return code, capsys.readouterr().out
+
+    code, out = lineage("--json")
+    record = json.loads(out)
     _, children = live.pipeline_run(first)
-    source = children["source"][0]
-    assert out["url_list"]["sha256"] == source.data.tags["franca.output_digest"]
-    assert [s["stage"] for s in out["stages"]][-1] == "source"
-    text = live.cli("franca", "lineage", "models:/franca-tiny/1", "--verify", *uri).stdout
-    assert "URL list sha256" in text and ", 0 changed" in text
-    subset = Path(out["stages"][-2]["output_uri"]) / "subset.parquet"  # the select stage's output
+    assert code == 0 and record["url_list"]["sha256"] == children["source"][0].data.tags["franca.output_digest"]
+    assert [s["stage"] for s in record["stages"]][-1] == "source"
+    code, text = lineage("--verify")
+    assert code == 0 and "URL list sha256" in text and ", 0 changed" in text, text
+    subset = Path(record["stages"][-2]["output_uri"]) / "subset.parquet"  # the select stage's output
     subset.write_bytes(subset.read_bytes() + b"tampered")
-    bad = live.cli("franca", "lineage", "models:/franca-tiny/1", "--verify", *uri, check=False)
-    assert bad.returncode == 1 and "CHANGED   select/subset" in bad.stdout
+    code, text = lineage("--verify")
+    assert code == 1 and "CHANGED   select/subset" in text, text
