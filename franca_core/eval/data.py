@@ -11,6 +11,7 @@ Items are ``(image (3, H, W) float, label int (-1 = none), mask (gh, gw) int64 o
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -198,6 +199,17 @@ class EvalSet(Dataset):
             source = {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         return {**source, "rows": rows, "n": len(self), "image_size": list(self.image_size),
                 "mask_size": list(self.mask_size)}
+
+    def at_size(self, image_size: tuple[int, int]) -> EvalSet:
+        """A view of this set with its images resized to ``image_size`` (e.g. an OOD set at the in-distribution
+        geometry, so the two differ in content, not in resolution); masks keep their grid."""
+        other = copy.copy(self)
+        other.image_size = tuple(image_size)  # type: ignore[assignment]
+        other.grid = (image_size[0] // self.patch_size, image_size[1] // self.patch_size)
+        other.transform = v2.Compose([v2.ToImage(), v2.Resize(other.image_size, antialias=True,
+                                                              interpolation=v2.InterpolationMode.BICUBIC),
+                                      normalize()])
+        return other
 
     def image(self, i: int) -> Image.Image:
         """Row ``i`` as an RGB PIL image at its stored size (for figures)."""
