@@ -42,7 +42,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 SMALL = ["train.optim.batch_size=4", "train.optim.total_steps=4", "train.optim.warmup_steps=1",
          "train.checkpoint_every=2", "train.log_every=2", "train.loader_workers=1", "train.num_workers=2",
          "train.crops.n_local=1", "train.crops.global_size=32", "train.crops.local_size=16", "train.model.img_size=32",
-         "train.max_failures=0", "train.keep_checkpoints=10"]
+         "train.max_failures=0", "train.keep_checkpoints=10", "train.cpus_per_worker=1"]
 
 
 @pytest.fixture(scope="module")
