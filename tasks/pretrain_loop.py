@@ -164,7 +164,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     next_time_ckpt = (math.floor(progress.train_seconds / ckpt_every_s) + 1) * ckpt_every_s
     started, attempt_start, base_seconds = time.perf_counter(), trainer.step, progress.train_seconds
     last_log, metrics = (started, trainer.step), {}
-    while trainer.step < total:
+    # A restart of a run that already spent its budget does not train further (every rank restored the same clock).
+    while trainer.step < total and not (budget_s is not None and progress.train_seconds >= budget_s):
         batch = next(batches)
         _maybe_fail(cfg, config["run_uri"], trainer.step + 1, rank, world)
         torch.manual_seed(derive_seed(cfg.seed, rank, trainer.step))  # RNG per (rank, step): resume-proof drop path
