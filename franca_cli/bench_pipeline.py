@@ -17,7 +17,7 @@ import tempfile
 from typing import Any
 
 from franca_cli.options import add_config_options
-from infra.stack import StackSettings
+from infra.stack import StackSettings, prefect_client
 
 GOAL = 0.10
 
@@ -31,14 +31,13 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def timing(flow_run_id: str, tracking_uri: str) -> dict[str, Any]:
+def timing(flow_run_id: str, tracking_uri: str, prefect_api_url: str | None = None) -> dict[str, Any]:
     """Wall time of a finished ``franca`` flow run and of each of its stages, from Prefect and MLflow."""
     import mlflow
-    from prefect.client.orchestration import get_client
 
     from tasks.tracking import TAG
 
-    with get_client(sync_client=True) as client:
+    with prefect_client(prefect_api_url) as client:
         fr = client.read_flow_run(flow_run_id)
     wall = (fr.end_time - fr.start_time).total_seconds()
     c = mlflow.MlflowClient(tracking_uri)

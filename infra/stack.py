@@ -22,7 +22,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,22 @@ class StackSettings:
     @property
     def result_storage(self) -> Path:
         return self.state / "prefect" / "storage"
+
+
+@contextmanager
+def prefect_client(api_url: str | None = None) -> Iterator[Any]:
+    """A sync Prefect client, on ``api_url`` when given. Prefect reads ``PREFECT_API_URL`` once, when it is imported,
+    so a process that points at a stack after importing prefect has to say where, or it talks to an ephemeral
+    server of its own."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if api_url is None:
+        with get_client(sync_client=True) as client:
+            yield client
+        return
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
 
 
 # --------------------------------------------------------------------------------------------- processes

@@ -66,9 +66,7 @@ class Stack:
         return flow_run_id
 
     def flow_run(self, flow_run_id: str) -> Any:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
+        with stack.prefect_client(self.settings.prefect_api_url) as client:
             return client.read_flow_run(flow_run_id)
 
     def wait(self, flow_run_id: str, timeout: float, since_attempt: int = 0) -> Any:
@@ -84,10 +82,9 @@ class Stack:
         return self.cli("prefect", "flow-run", "logs", flow_run_id, check=False, timeout=120).stdout
 
     def task_states(self, flow_run_id: str) -> dict[str, list[str]]:
-        from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-        with get_client(sync_client=True) as client:
+        with stack.prefect_client(self.settings.prefect_api_url) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         states: dict[str, list[str]] = {}
         for tr in sorted(runs, key=lambda r: r.expected_start_time or r.created):
