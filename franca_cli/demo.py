@@ -1,34 +1,133 @@
-"""``franca demo``: the embedded default job, offline, CPU only (what ``make demo`` runs).
+"""``franca demo``: the embedded default job as users run it (what ``make demo`` runs), offline, CPU only.
 
-For now: a short tiny-profile pretraining run on generated images with its loss curve and a k-NN check against
-random init; it grows into the full Prefect pipeline as stages land.
+    franca demo [--prefect-port 4200] [--mlflow-port 5000] [key=value ...]
+
+1. ``franca stack up``: Prefect server + process worker on ``franca-local`` + MLflow server, on 127.0.0.1;
+2. ``prefect deploy --all`` (``prefect.yaml``);
+3. ``prefect deployment run franca/full-pipeline`` with the tiny profile on the generated LAION-style corpus
+   (served on 127.0.0.1), sized by ``DEMO_OVERRIDES`` to finish in minutes on 2 cores, and waits for it;
+4. prints where to look (Prefect UI, MLflow UI), the lineage of ``models:/franca-tiny@candidate``, the evaluation
+   table and the time per stage. The stack keeps running for the UIs: ``franca stack down`` stops it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from franca_cli.options import add_config_options, config_from_args
-from franca_cli.train import pretrain_on_synthetic
+from franca_cli.options import add_config_options
+from infra import stack
+
+REPO = Path(__file__).resolve().parents[1]
+# The tiny profile trimmed to a CPU demo of minutes: 1,000 generated images, 200 pretraining steps, a short high-res
+# phase and RASA on 256 images; evaluation on generated labelled, segmented images. `franca demo key=value ...`
+# overrides any of these.
+DEMO_OVERRIDES: list[str] = [
+    "data.synthetic.n_images=1000",
+    "data.download.shard_size=250",
+    "train.optim.total_steps=200",
+    "train.checkpoint_every=50",
+    "highres.steps=20",
+    "highres.warmup_steps=5",
+    "highres.batch_size=32",
+    "rasa.max_images=256",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the embedded default job (tiny profile, generated data, CPU)")
+    p = sub.add_parser("demo", help="stack up, deploy and run franca/full-pipeline on the embedded default data",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(p)
-    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--prefect-port", type=int, default=None)
+    p.add_argument("--mlflow-port", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the flow run")
     p.set_defaults(func=run)
 
 
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _prefect(args: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run the ``prefect`` CLI from the repository root (as a user would), echoing its output."""
+    _log(f"$ prefect {' '.join(args)}")
+    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    _log(proc.stdout[-3000:] + proc.stderr[-3000:])
+    if proc.returncode != 0 and "Failed" not in proc.stdout:
+        raise RuntimeError(f"`prefect {' '.join(args)}` exited with {proc.returncode}")
+    return proc.stdout
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    out = Path(args.out)
-    summary = pretrain_on_synthetic(cfg, out, log=lambda s: print(s, file=sys.stderr, flush=True))
-    knn = summary["knn_top1"]
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
-    print(f"\nloss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}; k-NN top-1 on held-out images: "
-          f"teacher {knn['teacher']:.3f} vs random init {knn['random_init']:.3f}\n"
-          f"loss curve: {out / 'loss.png'}  checkpoint: {summary['checkpoint']}")
-    return 0
+    t0 = time.perf_counter()
+    settings = stack.StackSettings.resolve(args.prefect_port, args.mlflow_port)
+    stack.up(settings, log=_log)
+    os.environ.update(settings.client_env())  # before Prefect/MLflow are imported: they read their settings from it
+    env = dict(os.environ)
+    _prefect(["deploy", "--all"], env, 600)
+    overrides = [*DEMO_OVERRIDES, *args.overrides]
+    out = _prefect(["deployment", "run", "franca/full-pipeline", "--param", f"profile={args.config or args.profile}",
+                    "--param", f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout",
+                    str(int(args.timeout))], env, args.timeout + 60)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    if not match:
+        raise RuntimeError("could not read the flow run id from `prefect deployment run`")
+    flow_run_id = match.group(1)
+    report = summarize(flow_run_id, settings, args.config or args.profile, overrides)
+    report["demo_wall_s"] = round(time.perf_counter() - t0, 1)
+    print(f"\ndemo wall time {report['demo_wall_s']:.0f} s; stop the stack with `franca stack down`")
+    return 0 if report["state"] == "COMPLETED" else 1
+
+
+def summarize(flow_run_id: str, settings: stack.StackSettings, profile: str, overrides: list[str]) -> dict[str, Any]:
+    """Print where to look, the lineage, the evaluation table and the time per stage of a finished demo run."""
+    import mlflow
+
+    from franca_cli.bench_pipeline import timing
+    from franca_cli.lineage import render
+    from tasks import lineage
+
+    with stack.prefect_client(settings.prefect_api_url) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    state = flow_run.state_type.value if flow_run.state_type else "UNKNOWN"
+    print(f"\nflow run {flow_run.name} ({flow_run_id}): {state}")
+    print(f"Prefect UI  http://127.0.0.1:{settings.prefect_port}/runs/flow-run/{flow_run_id}")
+    if state != "COMPLETED":
+        print(f"logs: prefect flow-run logs {flow_run_id}")
+        return {"state": state}
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    c = mlflow.MlflowClient(settings.mlflow_uri)
+    record = lineage.trace(c, f"models:/franca-{profile}@candidate")
+    parent = c.get_run(record["pipeline"]["run_id"])
+    print(f"MLflow UI   {settings.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}")
+    print(f"model       models:/franca-{profile}@candidate  ->  franca lineage models:/franca-{profile}@candidate")
+    print("\n" + render(record, None))
+    evaluate = next(s for s in record["stages"] if s["stage"] == "evaluate")
+    print("\n" + evaluation_table(evaluate["computed_by_run_id"]))
+    times = timing(flow_run_id, settings.mlflow_uri, settings.prefect_api_url)
+    print("\ntime per stage (s): " + ", ".join(f"{k} {v['compute_s']:.1f}" for k, v in times["stages"].items())
+          + f"; flow {times['flow_wall_s']:.0f}, orchestration overhead {times['overhead_s']:.0f} "
+          f"({100 * (times['overhead_fraction'] or 0):.1f} %)")
+    return {"state": state, "timing": times}
+
+
+def evaluation_table(run_id: str) -> str:
+    """The evaluate stage's Markdown report (or its metrics when there is none)."""
+    import mlflow
+
+    for path in ("evaluation/report.md", "outputs/report.md"):  # the stage's own upload, else our copy
+        try:
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text()
+        except Exception:  # noqa: BLE001 - try the next place, then fall back to the run's metrics
+            continue
+    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if k.startswith("summary."))
+    return f"| metric | value |\n|---|---|\n{rows}"
