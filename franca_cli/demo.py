@@ -36,7 +36,7 @@ DEMO_OVERRIDES: list[str] = [
     "train.checkpoint_every=50",
     "highres.steps=20",
     "highres.warmup_steps=5",
-    "highres.batch_size=32",
+    "highres.batch_size=8",
     "rasa.max_images=256",
 ]
 
@@ -56,14 +56,23 @@ def _log(text: str) -> None:
 
 
 def _prefect(args: list[str], env: dict[str, str], timeout: float) -> str:
-    """Run the ``prefect`` CLI from the repository root (as a user would), echoing its output."""
+    """Run the ``prefect`` CLI from the repository root (as a user would), streaming its output; returns stdout."""
     _log(f"$ prefect {' '.join(args)}")
-    proc = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    _log(proc.stdout[-3000:] + proc.stderr[-3000:])
-    if proc.returncode != 0 and "Failed" not in proc.stdout:
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:  # `--watch` prints state changes as they happen: show them as they come
+        lines.append(line)
+        _log(line.rstrip())
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"`prefect {' '.join(args)}` did not finish in {timeout:.0f} s")
+    out = "".join(lines)
+    if proc.wait() != 0 and "Failed" not in out:
         raise RuntimeError(f"`prefect {' '.join(args)}` exited with {proc.returncode}")
-    return proc.stdout
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
