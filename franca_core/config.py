@@ -41,6 +41,7 @@ class SyntheticSourceConfig(_Section):
     n_images: int = Field(2000, gt=0)
     image_size: int = Field(96, ge=16)
     seed: int = 0
+    plain: bool = False  # flat shapes on flat backgrounds (franca train's learning check), see data/synthetic.py
     exact_dup_rate: float = Field(0.03, ge=0, le=0.5)
     near_dup_rate: float = Field(0.03, ge=0, le=0.5)
     dead_url_rate: float = Field(0.02, ge=0, le=0.5)

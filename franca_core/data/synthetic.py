@@ -93,10 +93,22 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return _texture(rng, size, rng.uniform(0.1, 0.9, 3))
 
 
-def render_image(rng: np.random.Generator, size: int = 64, label: int | None = None) -> tuple[
+def render_image(rng: np.random.Generator, size: int = 64, label: int | None = None, plain: bool = False) -> tuple[
         Image.Image, np.ndarray, int]:
-    """Render one image; returns (RGB image, uint8 mask with 0 = background and label + 1 = object, label)."""
+    """Render one image; returns (RGB image, uint8 mask with 0 = background and label + 1 = object, label).
+
+    ``plain``: one flat-coloured object on a flat background, no distractors: the class is the shape alone and the
+    colours are nuisances, the easiest set on which self-supervision must beat random features.
+    """
     label = int(rng.integers(len(SHAPES))) if label is None else int(label)
+    if plain:
+        r = rng.uniform(0.25, 0.45) * size
+        cx, cy = rng.uniform(r * 0.8, size - r * 0.8, 2)
+        obj = _shape_mask(SHAPES[label], size, float(cx), float(cy), float(r), float(rng.uniform(0, 2 * math.pi)))
+        img = np.broadcast_to(rng.uniform(0, 1, 3), (size, size, 3)).copy()
+        img[obj] = rng.uniform(0, 1, 3)
+        mask = np.where(obj, label + 1, 0).astype(np.uint8)
+        return Image.fromarray((img * 255).astype(np.uint8), "RGB"), mask, label
     img = _background(rng, size)
     for _ in range(int(rng.integers(0, 3))):  # distractor blobs, not part of the object
         cx, cy, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(0.04, 0.1) * size]
@@ -111,8 +123,9 @@ def render_image(rng: np.random.Generator, size: int = 64, label: int | None = N
     return Image.fromarray((img * 255).astype(np.uint8), "RGB"), mask, label
 
 
-def iter_images(n: int, seed: int = 0, size: int = 64) -> Iterator[tuple[Image.Image, np.ndarray, int]]:
+def iter_images(n: int, seed: int = 0, size: int = 64, plain: bool = False) -> Iterator[
+        tuple[Image.Image, np.ndarray, int]]:
     """Yield ``n`` images with balanced labels; the same seed gives the same images."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        yield render_image(rng, size, label=i % len(SHAPES))
+        yield render_image(rng, size, label=i % len(SHAPES), plain=plain)

@@ -2,8 +2,10 @@
 
 DINO (arXiv 2104.14294); reference ``dinov2/layers/dino_head.py`` and ``valeoai/Franca: franca/layers/dino_head.py``.
 Per FRANCA_METHOD.md: Linear(d -> d) projection, MLP d -> hidden -> hidden -> bottleneck with GELU after every
-layer including the last, L2 normalisation, then a bias-free Linear(bottleneck -> K) whose rows are unit vectors
-(weight normalisation with the gain fixed to 1).
+layer including the last, then a bias-free Linear(bottleneck -> K) whose rows are unit vectors (weight normalisation
+with the gain fixed to 1). Unlike DINOv2 the bottleneck is NOT L2-normalised, so the logits' scale is learned: with
+normalised features the logits are cosines whose spread across images starts near 0.05, Sinkhorn-Knopp targets at
+tau_t = 0.04 are then close to uniform, and a small run drifts into the uniform fixed point instead of out of it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class DINOHead(nn.Module):
                  act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, in_dim), act_layer(),  # the projection
+            nn.Linear(in_dim, in_dim),  # the Matryoshka projection (linear)
             nn.Linear(in_dim, hidden_dim), act_layer(),
             nn.Linear(hidden_dim, hidden_dim), act_layer(),
             nn.Linear(hidden_dim, bottleneck_dim), act_layer(),
@@ -44,9 +46,11 @@ class DINOHead(nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
+            # 0.02 as DINOv2/Franca at their widths (fan-in 1024-2048); at the widths of small profiles 0.02 shrinks
+            # the output ~3x per layer, the logits start at ~0 and the targets stay uniform, so keep unit gain there.
+            nn.init.trunc_normal_(m.weight, std=max(0.02, m.in_features ** -0.5))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prototypes(F.normalize(self.mlp(x), dim=-1, eps=1e-6))
+        return self.prototypes(self.mlp(x))
