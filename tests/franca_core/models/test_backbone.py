@@ -32,7 +32,7 @@ def test_forward_crops__multi_resolution_and_finite() -> None:
 
 
 def test_forward_masked__mask_token_replaces_patch_before_pos_embed() -> None:
-    cfg = load_config("tiny").train.model
+    cfg = load_config("tiny", ["train.model.layerscale_init=1e-5"]).train.model  # the paper's value
     model = build_backbone(cfg).eval()
     torch.nn.init.normal_(model.mask_token)
     x = torch.randn(2, 3, 64, 64)
