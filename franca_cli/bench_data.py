@@ -108,7 +108,8 @@ def bench_download(args: argparse.Namespace) -> int:
                 "processes_count": dl.processes, "thread_count": dl.threads, "number_sample_per_shard": dl.shard_size,
                 "retries": dl.retries, "timeout": math.ceil(dl.timeout_s), "incremental_mode": "incremental",
                 "extract_exif": False, "compute_hash": "sha256", "disallowed_header_directives": [],
-                "enable_wandb": False, "max_shard_retry": 1, "max_image_pixels": dl.max_image_pixels}, work)
+                "enable_wandb": False, "max_shard_retry": 1, "skip_reencode": True,
+                "max_image_pixels": dl.max_image_pixels}, work)
             wall = time.perf_counter() - start
             raw.append(_fetch_all(urls, dl.threads, work))
         shard_stats = [json.loads(p.read_text()) for p in Path(out).glob("*_stats.json")]

@@ -81,6 +81,8 @@ def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
             served_urls(rows.column("url").to_pylist(), subset.files.get("source_root")) as urls:
         rows = rows.set_column(rows.schema.get_field_index("url"), "url", pa.array(urls, pa.string()))
         pq.write_table(rows, f"{work}/urls.parquet")
+        # skip_reencode: a JPEG within long_side is stored byte for byte (no decode-resize-encode round trip: faster,
+        # no quality loss, and exact-duplicate hashes are the source's).
         run_img2dataset({
             "url_list": f"{work}/urls.parquet", "input_format": "parquet", "url_col": "url", "caption_col": "caption",
             "save_additional_columns": ["sample_id"], "output_format": "webdataset",
@@ -89,7 +91,7 @@ def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
             "encode_quality": dl.encode_quality, "processes_count": dl.processes, "thread_count": dl.threads,
             "number_sample_per_shard": dl.shard_size, "retries": dl.retries, "timeout": math.ceil(dl.timeout_s),
             "incremental_mode": "incremental", "extract_exif": False, "compute_hash": "sha256",
-            "disallowed_header_directives": [], "enable_wandb": False, "max_shard_retry": 1,
+            "disallowed_header_directives": [], "enable_wandb": False, "max_shard_retry": 1, "skip_reencode": True,
             "max_image_pixels": dl.max_image_pixels}, work)
     expected = math.ceil(rows.num_rows / dl.shard_size)
     if (n_done := len(finished_shards(fs, f"{partial}/shards"))) < expected:

@@ -70,7 +70,7 @@ def run_in_process(spec: dict[str, Any], max_pixels: int) -> None:
     resizer = SniffingResizer(Resizer(
         image_size=spec["image_size"], resize_mode=spec["resize_mode"],
         resize_only_if_bigger=spec["resize_only_if_bigger"], encode_quality=spec["encode_quality"],
-        encode_format=spec["encode_format"]), max_pixels)
+        encode_format=spec["encode_format"], skip_reencode=spec.get("skip_reencode", False)), max_pixels)
     downloader = Downloader(
         sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=spec["thread_count"],
         save_caption=True, extract_exif=spec["extract_exif"], output_folder=out, column_list=reader.column_list,
