@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,11 +101,8 @@ def prefect_client(api_url: str | None = None) -> Iterator[Any]:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if api_url is None:
-        with get_client(sync_client=True) as client:
-            yield client
-        return
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+    where = temporary_settings(updates={PREFECT_API_URL: api_url}) if api_url else nullcontext()
+    with where, get_client(sync_client=True) as client:
         yield client
 
 
