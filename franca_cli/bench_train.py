@@ -182,8 +182,10 @@ def bench_quality(args: argparse.Namespace) -> int:
         print(f"franca: bench quality needs {missing} (see ../shared/data/README.md)", file=sys.stderr)
         return 1
     base = config_from_args(args)
+    # Time-based checkpoints only (step checkpoints would rotate the early curve points out of keep_checkpoints).
     cfg = _with(base, work / "store", max_minutes=args.minutes, keep_checkpoints=args.curve_points + 2,
-                checkpoint_every_minutes=args.minutes / args.curve_points)
+                checkpoint_every_minutes=args.minutes / args.curve_points,
+                checkpoint_every=base.train.optim.total_steps)
     _log(f"writing shards of {sets['tinyimagenet-train']} under {work / 'shards'}")
     dataset = shard_dataset(parquet_records(sets["tinyimagenet-train"]), work / "shards")
     t0 = time.perf_counter()
