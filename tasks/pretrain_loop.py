@@ -127,6 +127,10 @@ def _save_and_report(trainer: FrancaTrainer, progress: Progress, metrics: dict[s
             save_checkpoint(trainer.state_dict(asdict(progress)), Path(folder) / STATE_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
+    if dist.is_initialized():
+        # No rank runs ahead while rank 0 still persists the checkpoint: a rank failing in that window restarted the
+        # group before the controller had registered it, and the run resumed from an older one (seen in the tests).
+        dist.barrier()
 
 
 def _progress_line(m: dict[str, Any], total: int, budget_s: float | None, started: float) -> str:
