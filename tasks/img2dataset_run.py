@@ -25,52 +25,21 @@ import sys
 from functools import partial
 from typing import Any
 
-import cv2
-import numpy as np
-
-from franca_core.dedup.quality import CORRUPT, classify_payload, read_header
+from franca_core.dedup.quality import CORRUPT, classify_payload
 
 Result = tuple[Any, Any, Any, Any, Any, Any]  # img2dataset's (img, width, height, orig_w, orig_h, error)
 
 
 class SniffingResizer:
-    """Wraps img2dataset's resizer: payload classification first, then its decode + resize + encode.
-
-    With ``skip_reencode``, a JPEG already within the size limit takes a fast path with the same outcome as the
-    wrapped resizer (decoded once with the same OpenCV call to prove it decodes, bytes kept): img2dataset's resizer
-    swaps file descriptors 1 and 2 for /dev/null around every image, 0.4 ms of syscalls per image in the loop that
-    holds the GIL (measured with cProfile, more than the decode itself).
-    """
+    """Wraps img2dataset's resizer: payload classification first, then its decode + resize + encode."""
 
     def __init__(self, resizer: Any, max_pixels: int) -> None:
         self.resizer, self.max_pixels = resizer, max_pixels
-        r = resizer
-        self.fast_jpeg = bool(
-            getattr(r, "skip_reencode", False) and not getattr(r, "disable_all_reencoding", True)
-            and getattr(r, "encode_format", None) == "jpg" and getattr(r, "resize_only_if_bigger", False)
-            and getattr(getattr(r, "resize_mode", None), "name", None) in ("keep_ratio_largest", "border")
-            and getattr(r, "min_image_size", 1) == 0 and getattr(r, "blurrer", 0) is None
-            and getattr(r, "max_image_area", 0) == float("inf") and getattr(r, "max_aspect_ratio", 0) == float("inf"))
-
-    def _kept_as_is(self, data: bytes) -> Result | None:
-        """The wrapped resizer's result for a JPEG within ``image_size``; None where the fast path does not apply."""
-        if data[:3] != b"\xff\xd8\xff" or max(read_header(data)) > self.resizer.image_size:
-            return None
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            return None, None, None, None, None, f"{CORRUPT}: Image decoding error"
-        if img.ndim == 3 and img.shape[-1] == 4:
-            return None  # alpha: the wrapped resizer composites it on white and re-encodes
-        height, width = img.shape[:2]
-        return data, width, height, width, height, None
 
     def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> Result:
-        data = img_stream.getvalue()
-        verdict = classify_payload(data, self.max_pixels)
+        verdict = classify_payload(img_stream.getvalue(), self.max_pixels)
         if verdict is not None:
             return None, None, None, None, None, f"{verdict[0]}: {verdict[1]}"
-        if self.fast_jpeg and blurring_bbox_list is None and (kept := self._kept_as_is(data)) is not None:
-            return kept
         img_stream.seek(0)
         out = self.resizer(img_stream, blurring_bbox_list)
         if out[-1] is not None:  # the header looked fine but the data does not decode
