@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -80,7 +79,7 @@ def _fetch_all(urls: list[str], threads: int, work: str) -> float:
 
 def bench_download(args: argparse.Namespace) -> int:
     """Print the download benchmark JSON."""
-    from tasks.download import run_img2dataset
+    from tasks.download import img2dataset_spec, run_img2dataset
     from tasks.url_server import serve_folder
 
     cfg = config_from_args(args)
@@ -100,16 +99,7 @@ def bench_download(args: argparse.Namespace) -> int:
             pq.write_table(meta, f"{work}/urls.parquet")
             out = f"{work}/shards"
             start = time.perf_counter()
-            run_img2dataset({
-                "url_list": f"{work}/urls.parquet", "input_format": "parquet", "url_col": "url",
-                "caption_col": "caption", "save_additional_columns": ["sample_id"], "output_format": "webdataset",
-                "output_folder": out, "image_size": dl.long_side, "resize_mode": "keep_ratio_largest",
-                "resize_only_if_bigger": True, "encode_format": "jpg", "encode_quality": dl.encode_quality,
-                "processes_count": dl.processes, "thread_count": dl.threads, "number_sample_per_shard": dl.shard_size,
-                "retries": dl.retries, "timeout": math.ceil(dl.timeout_s), "incremental_mode": "incremental",
-                "extract_exif": False, "compute_hash": "sha256", "disallowed_header_directives": [],
-                "enable_wandb": False, "max_shard_retry": 1, "skip_reencode": True,
-                "max_image_pixels": dl.max_image_pixels}, work)
+            run_img2dataset(img2dataset_spec(dl, f"{work}/urls.parquet", out), work)
             wall = time.perf_counter() - start
             raw.append(_fetch_all(urls, dl.threads, work))
         shard_stats = [json.loads(p.read_text()) for p in Path(out).glob("*_stats.json")]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from franca_core.config import PipelineConfig
+from franca_core.config import DownloadConfig, PipelineConfig
 from franca_core.data.corpus import PLACEHOLDER
 from franca_core.data.img2dataset_io import finished_shards, merged_stats, read_download_log
 from franca_core.dedup.quality import CAUSES, SUCCESS
@@ -49,6 +49,24 @@ def served_urls(urls: list[str], source_root: str | None) -> Iterator[list[str]]
         raise DownloadError(f"the subset has corpus URLs ({PLACEHOLDER}...) but no files['source_root'] to serve")
     with serve_folder(source_root) as server:
         yield [server.base_url + u[len(PLACEHOLDER):] if u.startswith(PLACEHOLDER) else u for u in urls]
+
+
+def img2dataset_spec(dl: DownloadConfig, url_list: str, output_folder: str) -> dict[str, object]:
+    """The ``img2dataset.download`` arguments of the download stage (also what ``franca bench download`` times).
+
+    ``url_list``: a Parquet with ``url``, ``caption`` and ``sample_id`` columns. ``skip_reencode``: a JPEG within
+    ``long_side`` is stored byte for byte (no decode-resize-encode round trip: faster, no quality loss, and
+    exact-duplicate hashes are the source's).
+    """
+    return {
+        "url_list": url_list, "input_format": "parquet", "url_col": "url", "caption_col": "caption",
+        "save_additional_columns": ["sample_id"], "output_format": "webdataset", "output_folder": output_folder,
+        "image_size": dl.long_side, "resize_mode": "keep_ratio_largest", "resize_only_if_bigger": True,
+        "encode_format": "jpg", "encode_quality": dl.encode_quality, "processes_count": dl.processes,
+        "thread_count": dl.threads, "number_sample_per_shard": dl.shard_size, "retries": dl.retries,
+        "timeout": math.ceil(dl.timeout_s), "incremental_mode": "incremental", "extract_exif": False,
+        "compute_hash": "sha256", "disallowed_header_directives": [], "enable_wandb": False, "max_shard_retry": 1,
+        "skip_reencode": True, "max_image_pixels": dl.max_image_pixels}
 
 
 def run_img2dataset(spec: dict[str, object], work: str) -> None:
@@ -81,18 +99,7 @@ def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
             served_urls(rows.column("url").to_pylist(), subset.files.get("source_root")) as urls:
         rows = rows.set_column(rows.schema.get_field_index("url"), "url", pa.array(urls, pa.string()))
         pq.write_table(rows, f"{work}/urls.parquet")
-        # skip_reencode: a JPEG within long_side is stored byte for byte (no decode-resize-encode round trip: faster,
-        # no quality loss, and exact-duplicate hashes are the source's).
-        run_img2dataset({
-            "url_list": f"{work}/urls.parquet", "input_format": "parquet", "url_col": "url", "caption_col": "caption",
-            "save_additional_columns": ["sample_id"], "output_format": "webdataset",
-            "output_folder": store.uri(f"{partial}/shards"), "image_size": dl.long_side,
-            "resize_mode": "keep_ratio_largest", "resize_only_if_bigger": True, "encode_format": "jpg",
-            "encode_quality": dl.encode_quality, "processes_count": dl.processes, "thread_count": dl.threads,
-            "number_sample_per_shard": dl.shard_size, "retries": dl.retries, "timeout": math.ceil(dl.timeout_s),
-            "incremental_mode": "incremental", "extract_exif": False, "compute_hash": "sha256",
-            "disallowed_header_directives": [], "enable_wandb": False, "max_shard_retry": 1, "skip_reencode": True,
-            "max_image_pixels": dl.max_image_pixels}, work)
+        run_img2dataset(img2dataset_spec(dl, f"{work}/urls.parquet", store.uri(f"{partial}/shards")), work)
     expected = math.ceil(rows.num_rows / dl.shard_size)
     if (n_done := len(finished_shards(fs, f"{partial}/shards"))) < expected:
         raise DownloadError(f"img2dataset finished {n_done} of {expected} shards; run the stage again to resume")
