@@ -55,7 +55,7 @@ def pretrain_on_synthetic(cfg: PipelineConfig, out: Path, log: Any = print) -> d
     t = cfg.train
     torch.manual_seed(t.seed)
     syn = cfg.data.synthetic
-    samples = list(iter_images(syn.n_images, seed=syn.seed, size=syn.image_size, plain=syn.plain))
+    samples = list(iter_images(syn.n_images, seed=syn.seed, size=syn.image_size, style=syn.style))
     held = max(len(samples) // 5, 16)
     train_imgs, test = samples[held:], samples[:held]
     size = t.crops.global_size

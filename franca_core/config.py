@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,7 +41,9 @@ class SyntheticSourceConfig(_Section):
     n_images: int = Field(2000, gt=0)
     image_size: int = Field(96, ge=16)
     seed: int = 0
-    plain: bool = False  # flat shapes on flat backgrounds (franca train's learning check), see data/synthetic.py
+    # what franca train renders (data/synthetic.py): textured objects (the corpus), flat shapes, or whole-image
+    # textures (the learning check's classes). The served LAION-style corpus is always "objects".
+    style: Literal["objects", "plain", "textures"] = "objects"
     exact_dup_rate: float = Field(0.03, ge=0, le=0.5)
     near_dup_rate: float = Field(0.03, ge=0, le=0.5)
     dead_url_rate: float = Field(0.02, ge=0, le=0.5)

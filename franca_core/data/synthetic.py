@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar")
+STYLES = ("objects", "plain", "textures")
+TEXTURES = ("hstripes", "vstripes", "checker", "dots", "grid", "rings", "speckle", "zigzag")
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -93,15 +95,63 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return _texture(rng, size, rng.uniform(0.1, 0.9, 3))
 
 
-def render_image(rng: np.random.Generator, size: int = 64, label: int | None = None, plain: bool = False) -> tuple[
-        Image.Image, np.ndarray, int]:
+def _colour_field(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndarray:
+    """A (size, size, 3) colour in [0, 1] that varies across the image: random colours on a ``cells`` x ``cells``
+    grid, interpolated bilinearly, so two crops of one image see different colours."""
+    grid = rng.uniform(0, 1, (cells, cells, 3)).astype(np.float32)
+    pos = np.linspace(0.0, cells - 1.0, size, dtype=np.float32)
+    i0 = np.minimum(pos.astype(int), cells - 2)
+    t = (pos - i0)[:, None]
+    rows = (1 - t)[:, None] * grid[i0] + t[:, None] * grid[i0 + 1]  # (size, cells, 3)
+    return (1 - t)[None] * rows[:, i0] + t[None] * rows[:, i0 + 1]
+
+
+def _pattern(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A boolean (size, size) foreground pattern of one texture class, at a random period and phase."""
+    period = float(rng.uniform(4, 7))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + rng.uniform(0, period, 2)[:, None, None].astype(np.float32)
+    phase_x, phase_y = (xx % period) / period, (yy % period) / period
+    if name == "hstripes":
+        return phase_y < 0.5
+    if name == "vstripes":
+        return phase_x < 0.5
+    if name == "checker":
+        return (phase_x < 0.5) ^ (phase_y < 0.5)
+    if name == "dots":
+        return (phase_x - 0.5) ** 2 + (phase_y - 0.5) ** 2 < 0.09
+    if name == "grid":
+        return (phase_x < 0.25) | (phase_y < 0.25)
+    if name == "rings":
+        c = rng.uniform(0, size, 2)
+        return (np.hypot(xx - c[0], yy - c[1]) % period) / period < 0.5
+    if name == "speckle":
+        return rng.random((size, size)) < 0.3
+    if name == "zigzag":
+        return ((yy + period / 2 * np.abs((xx % period) / period * 2 - 1)) % period) / period < 0.5
+    raise ValueError(f"not a texture: {name}")
+
+
+def render_image(rng: np.random.Generator, size: int = 64, label: int | None = None,
+                 style: str = "objects") -> tuple[Image.Image, np.ndarray, int]:
     """Render one image; returns (RGB image, uint8 mask with 0 = background and label + 1 = object, label).
 
-    ``plain``: one flat-coloured object on a flat background, no distractors: the class is the shape alone and the
-    colours are nuisances, the easiest set on which self-supervision must beat random features.
+    ``style``:
+      - ``objects``: one textured object of class ``SHAPES[label]`` on a varied background, with distractors;
+      - ``plain``: one flat-coloured shape on a flat background, no distractors;
+      - ``textures``: the whole image is a two-colour texture of class ``TEXTURES[label]`` whose colours vary
+        smoothly across the image, so colour says nothing about the class and two crops of one image differ in colour.
+        The class is present in every crop, which is what a few hundred self-supervised steps can learn at 32 px
+        (``franca train``'s learning check); the mask is all ``label + 1``.
     """
-    label = int(rng.integers(len(SHAPES))) if label is None else int(label)
-    if plain:
+    n_classes = len(TEXTURES) if style == "textures" else len(SHAPES)
+    label = int(rng.integers(n_classes)) if label is None else int(label)
+    if style == "textures":
+        fg = _pattern(TEXTURES[label], rng, size)
+        field = _colour_field(rng, size)  # dark pattern on light ground in every channel: visible everywhere
+        img = np.where(fg[..., None], 0.5 * field, 0.5 + 0.5 * field)
+        mask = np.full((size, size), label + 1, np.uint8)
+        return Image.fromarray((img * 255).astype(np.uint8), "RGB"), mask, label
+    if style == "plain":
         r = rng.uniform(0.25, 0.45) * size
         cx, cy = rng.uniform(r * 0.8, size - r * 0.8, 2)
         obj = _shape_mask(SHAPES[label], size, float(cx), float(cy), float(r), float(rng.uniform(0, 2 * math.pi)))
@@ -123,9 +173,12 @@ def render_image(rng: np.random.Generator, size: int = 64, label: int | None = N
     return Image.fromarray((img * 255).astype(np.uint8), "RGB"), mask, label
 
 
-def iter_images(n: int, seed: int = 0, size: int = 64, plain: bool = False) -> Iterator[
+def iter_images(n: int, seed: int = 0, size: int = 64, style: str = "objects") -> Iterator[
         tuple[Image.Image, np.ndarray, int]]:
-    """Yield ``n`` images with balanced labels; the same seed gives the same images."""
+    """Yield ``n`` images of ``style`` (see ``render_image``), balanced labels; the same seed gives the same images."""
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}; expected one of {STYLES}")
     rng = np.random.default_rng(seed)
+    n_classes = len(TEXTURES) if style == "textures" else len(SHAPES)
     for i in range(n):
-        yield render_image(rng, size, label=i % len(SHAPES), plain=plain)
+        yield render_image(rng, size, label=i % n_classes, style=style)
