@@ -60,6 +60,17 @@ def test_download__second_run_downloads_nothing(data_run) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in shards.iterdir()} == before
 
 
+@pytest.mark.slow
+def test_download__two_processes_same_causes_and_digest(data_run, tmp_path: Path, make_data_config) -> None:
+    # The shards go to two forked processes: every URL gets the same cause, and the output digest is the same.
+    cfg = make_data_config(tmp_path / "store", "data.download.processes=2")
+    two = download(cfg, data_run.subset)
+    causes = {s["sample_id"]: s["cause"] for s in read_parquet(two.files["samples"]).to_pylist()}
+    one = {s["sample_id"]: s["cause"] for s in read_parquet(data_run.downloaded.files["samples"]).to_pylist()}
+    assert causes == one and two.digest == data_run.downloaded.digest
+    assert len(list(Path(two.files["shards"]).glob("*.tar"))) == 8
+
+
 @pytest.mark.slow  # an img2dataset start-up: ~30 s on a loaded 2-core machine
 def test_download__all_urls_dead_is_one_clear_error(tmp_path: Path, make_data_config) -> None:
     cfg = make_data_config(tmp_path / "store")
