@@ -138,8 +138,8 @@ def render_image(rng: np.random.Generator, size: int = 64, label: int | None = N
     ``style``:
       - ``objects``: one textured object of class ``SHAPES[label]`` on a varied background, with distractors;
       - ``plain``: one flat-coloured shape on a flat background, no distractors;
-      - ``textures``: the whole image is a two-colour texture of class ``TEXTURES[label]`` whose colours vary
-        smoothly across the image, so colour says nothing about the class and two crops of one image differ in colour.
+      - ``textures``: the whole image is a pattern of class ``TEXTURES[label]``, dark on light, in colours that vary
+        across the image, so colour says nothing about the class and two crops of one image differ in colour.
         The class is present in every crop, which is what a few hundred self-supervised steps can learn at 32 px
         (``franca train``'s learning check); the mask is all ``label + 1``.
     """
