@@ -27,6 +27,10 @@ class CorpusServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: with img2dataset's 16+ threads connecting at once the queue
+    # overflows, the kernel drops SYNs and each dropped connect waits for a retransmit (seen as threads parked in
+    # connect()).
+    request_queue_size = 256
 
     def __init__(self, root: str, delay_s: float = 0.0, **storage_options: Any) -> None:
         self.fs, base = fsspec.core.url_to_fs(root, **storage_options)
