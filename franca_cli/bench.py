@@ -40,11 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def backbone_work(trainer: FrancaTrainer, batch: Batch) -> None:
     """What any ViT self-distillation step must do: student fwd+bwd on all crops, teacher fwd on the globals."""
     student, teacher = trainer.student_core.backbone, trainer.teacher.backbone
-    with torch.no_grad():
-        teacher.forward_masked(batch["global_crops"])
-    g = student.forward_masked(batch["global_crops"], batch["masks"])
-    loc = student.forward_masked(batch["local_crops"]) if batch["local_crops"].shape[0] else None
-    total = g["cls"].sum() + g["patch"].sum() + (loc["cls"].sum() if loc is not None else 0.0)
+    with trainer.autocast():  # the same precision as the step it is compared with
+        with torch.no_grad():
+            teacher.forward_masked(batch["global_crops"])
+        g = student.forward_masked(batch["global_crops"], batch["masks"])
+        loc = student.forward_masked(batch["local_crops"]) if batch["local_crops"].shape[0] else None
+        total = g["cls"].sum() + g["patch"].sum() + (loc["cls"].sum() if loc is not None else 0.0)
     trainer.optimizer.zero_grad(set_to_none=True)
     total.backward()
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -55,7 +55,8 @@ class FrancaTrainer:
     def teacher_targets(self, batch: Batch, temperature: float) -> dict[str, list[torch.Tensor]]:
         """Sinkhorn-Knopp targets per level: ``dino`` (2B, K_i) and ``ibot`` (n_masked, K_i)."""
         empty = batch["local_crops"][:0]
-        out = self.teacher(batch["global_crops"], empty, batch["masks"], mask_input=False)
+        with self.autocast():
+            out = _float(self.teacher(batch["global_crops"], empty, batch["masks"], mask_input=False))
         iters = self.cfg.loss.sinkhorn_iters
         return {
             "dino": [sinkhorn_knopp(logits, temperature, iters) for logits in out["dino_global"]],
@@ -64,7 +65,13 @@ class FrancaTrainer:
 
     def student_outputs(self, batch: Batch) -> Outputs:
         """Student logits on masked global crops and local crops (through the DDP wrapper, if any)."""
-        return self.student(batch["global_crops"], batch["local_crops"], batch["masks"])
+        with self.autocast():
+            return _float(self.student(batch["global_crops"], batch["local_crops"], batch["masks"]))
+
+    def autocast(self) -> torch.autocast:
+        """The forward passes' autocast context (``train.precision``); the losses run outside it, in float32."""
+        device = next(self.student_core.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def compute_losses(self, out: Outputs, targets: dict[str, list[torch.Tensor]],
                        masks: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,6 +139,11 @@ class FrancaTrainer:
         self.step = int(state["step"])
         set_rng_state(state["rng"])
         return dict(state.get("data", {}))
+
+
+def _float(out: Outputs) -> Outputs:
+    """Outputs as float32, so Sinkhorn-Knopp and the losses never see bfloat16."""
+    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}
 
 
 def teacher_backbone(model: FrancaModel) -> nn.Module:
