@@ -37,6 +37,7 @@ def test_bench_step__prints_json_keys() -> None:
     result = json.loads(proc.stdout)
     assert {"step_images_per_s", "backbone_images_per_s", "efficiency", "peak_rss_mb"} <= set(result)
     assert 0 < result["efficiency"] and result["peak_rss_mb"] > 0
+    assert result["precision"] == "bf16" and result["speedup_vs_fp32"] > 0  # the tiny profile's, timed against fp32
 
 
 def test_build_parser__every_command_has_a_handler() -> None:
