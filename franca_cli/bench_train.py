@@ -7,8 +7,9 @@ Both drive the real stage (``tasks.pretrain.pretrain``: Ray Train, streaming sha
 ``../shared/data`` (synthetic images where it is absent, for ``train`` only). The quality benchmark evaluates
 k-NN top-1 (k=20, T=0.07, L2-normalised CLS) on tinyimagenet-val (bank: tinyimagenet-train) and caltech101-test
 (bank: caltech101-train) for the final teacher, the final student and the same architecture at random init, plus a
-learning curve from the time-based checkpoints (bank: 25 train images per class; queries: a fixed 2,000-image
-subset of tinyimagenet-val, 10 per class). The curve is evaluated after training, so it costs no training time.
+learning curve from the time-based checkpoints (bank: the whole train set, as for the headline figure; queries: a
+fixed 2,000-image subset of tinyimagenet-val, 10 per class). The curve is evaluated after training, so it costs no
+training time; its first and last points reuse the random-init and final-teacher bank features.
 """
 
 from __future__ import annotations
@@ -167,8 +168,10 @@ def per_class(labels: list[int], n: int) -> list[int]:
     return keep
 
 
-def knn(backbone: torch.nn.Module, bank: Dataset, queries: Dataset) -> float:
-    a, b = extract_features(backbone, bank), extract_features(backbone, queries)
+def knn(backbone: torch.nn.Module, bank: Dataset, queries: Dataset,
+        bank_features: dict[str, torch.Tensor] | None = None) -> float:
+    a = bank_features if bank_features is not None else extract_features(backbone, bank)
+    b = extract_features(backbone, queries)
     return knn_top1(a["cls"], a["labels"], b["cls"], b["labels"], k=20, temperature=0.07)
 
 
@@ -210,17 +213,23 @@ def bench_quality(args: argparse.Namespace) -> int:
     models = {"pretrained": backbone_from(state, t, "teacher"), "student": backbone_from(state, t, "student"),
               "random": random_init}
     out: dict[str, Any] = {"tinyimagenet": {}, "caltech101": {}}
+    banks: dict[str, dict[str, torch.Tensor]] = {}  # tinyimagenet-train features, reused by the curve's end points
     for name, model in models.items():
-        out["tinyimagenet"][f"{name}_top1"] = knn(model, ev["tinyimagenet-train"], ev["tinyimagenet-val"])
+        banks[name] = extract_features(model, ev["tinyimagenet-train"])
+        out["tinyimagenet"][f"{name}_top1"] = knn(model, ev["tinyimagenet-train"], ev["tinyimagenet-val"], banks[name])
         out["caltech101"][f"{name}_top1"] = knn(model, ev["caltech101-train"], ev["caltech101-test"])
         _log(f"{name}: tinyimagenet {out['tinyimagenet'][f'{name}_top1']:.4f} "
              f"caltech101 {out['caltech101'][f'{name}_top1']:.4f}")
-    bank = Subset(ev["tinyimagenet-train"], per_class(ev["tinyimagenet-train"].labels, 25))
+    # The whole train set as the bank: a 25-per-class bank (earlier) put every point, the final teacher's included,
+    # within noise of random init (2.6 % vs 2.65 %) while the headline bank gave 3.9 % vs 2.7 %.
+    bank = ev["tinyimagenet-train"]
     queries = Subset(ev["tinyimagenet-val"], per_class(ev["tinyimagenet-val"].labels, 10))
-    curve = [[0.0, knn(models["random"], bank, queries)]]
+    curve = [[0.0, knn(models["random"], bank, queries, banks["random"])]]
+    final = str(Path(result.files["checkpoint"]).resolve())
     for ckpt in sorted(result.stats["checkpoints"], key=lambda c: c["train_minutes"] or 0.0):
         teacher = backbone_from(load_checkpoint(Path(ckpt["uri"]) / "state.pt"), t, "teacher")
-        curve.append([round(ckpt["train_minutes"], 2), knn(teacher, bank, queries)])
+        reuse = banks["pretrained"] if str(Path(ckpt["uri"]).resolve()) == final else None
+        curve.append([round(ckpt["train_minutes"], 2), knn(teacher, bank, queries, reuse)])
         _log(f"curve {curve[-1]}")
     loss = result.stats["loss"]
     top = f"dino_l{t.heads.n_levels - 1}"
