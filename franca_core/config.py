@@ -215,8 +215,8 @@ class TrainConfig(_Section):
     seed: int = 0
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
-    # Forward passes under autocast: "bf16" (bfloat16 matmuls; on CPUs with AVX512-BF16 or AMX ~1.4-1.7x the
-    # images/s of fp32 on the tiny model, measured in the README) or "fp32". Weights, optimiser state, EMA,
+    # Forward passes under autocast: "bf16" (bfloat16 matmuls; on a CPU with AVX512-BF16 the tiny step runs at
+    # 1.3x the images/s of fp32, `franca bench step`) or "fp32". Weights, optimiser state, EMA,
     # Sinkhorn-Knopp and the losses stay float32.
     precision: Literal["fp32", "bf16"] = "fp32"
     cpus_per_worker: float = Field(1.0, gt=0)
