@@ -106,14 +106,16 @@ def test_train_step__bf16_autocast_close_to_fp32_and_losses_in_fp32() -> None:
     fp32 = FrancaTrainer(cfg32)
     torch.manual_seed(0)
     bf16 = FrancaTrainer(cfg16)
-    out = bf16.student_outputs(batch)
-    assert all(t.dtype == torch.float32 for t in out["dino_global"]), "the losses must see float32 logits"
     seen: list[torch.dtype] = []
     hook = bf16.student_core.backbone.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    bf16.student_outputs(batch)
+    out = bf16.student_outputs(batch)
     hook.remove()
     assert seen and set(seen) == {torch.bfloat16}, f"the backbone's matmuls did not run in bfloat16: {seen}"
-    m32, m16 = fp32.train_step(batch), bf16.train_step(batch)
+    assert all(t.dtype == torch.float32 for t in out["dino_global"]), "the losses must see float32 logits"
+    torch.manual_seed(1)  # the same drop-path draws in both steps: only the precision differs
+    m32 = fp32.train_step(batch)
+    torch.manual_seed(1)
+    m16 = bf16.train_step(batch)
     assert m16["loss"] != m32["loss"], "autocast had no effect"
     assert abs(m16["loss"] - m32["loss"]) < 0.02 * abs(m32["loss"]), (m16["loss"], m32["loss"])
     assert all(p.dtype == torch.float32 for p in bf16.student_core.parameters())
