@@ -59,7 +59,7 @@ def bench_step(args: argparse.Namespace) -> int:
     batch = collate([aug(im) for im in images])
     trainer = FrancaTrainer(cfg)
     variants = {"step": lambda: trainer.train_step(batch), "backbone": lambda: backbone_work(trainer, batch)}
-    if cfg.precision != "fp32":  # the same step in float32, interleaved: what the lower precision buys here
+    if trainer.precision != "fp32":  # the same step in float32, interleaved: what the lower precision buys here
         trainer32 = FrancaTrainer(cfg.model_copy(update={"precision": "fp32"}))
         variants["step_fp32"] = lambda: trainer32.train_step(batch)
     for fn in variants.values():  # warm-up
@@ -76,7 +76,8 @@ def bench_step(args: argparse.Namespace) -> int:
     print(json.dumps({
         "profile": args.config or args.profile, "batch_size": b, "threads": torch.get_num_threads(),
         "step_images_per_s": round(step_ips, 2), "backbone_images_per_s": round(backbone_ips, 2),
-        "efficiency": round(step_ips / backbone_ips, 3), "precision": cfg.precision,
+        "efficiency": round(step_ips / backbone_ips, 3),
+        "precision": trainer.precision, "precision_setting": cfg.precision,
         **({"step_fp32_images_per_s": round(b / statistics.median(times["step_fp32"]), 2),
             "speedup_vs_fp32": round(statistics.median(times["step_fp32"]) / statistics.median(times["step"]), 3)}
            if "step_fp32" in times else {}),

@@ -216,9 +216,10 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
     # Forward passes under autocast: "bf16" (bfloat16 matmuls; on a CPU with AVX512-BF16 the tiny step runs at
-    # 1.3x the images/s of fp32, `franca bench step`) or "fp32". Weights, optimiser state, EMA,
-    # Sinkhorn-Knopp and the losses stay float32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # 1.3x the images/s of fp32, `franca bench step`), "fp32", or "auto": bf16 where the device has native
+    # bfloat16 (AVX512-BF16/AMX CPUs, bf16-capable GPUs) and fp32 elsewhere (emulated bf16 on an AVX2-only CPU
+    # ran the tiny step at 0.06x fp32). Weights, optimiser state, EMA, Sinkhorn-Knopp and losses stay float32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0)
     loader_workers: int = Field(2, ge=0)  # DataLoader processes per rank
     checkpoint_every: int = Field(1000, gt=0)

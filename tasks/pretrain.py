@@ -124,7 +124,7 @@ def _publish(store: StageStore, digest: str, cfg: PipelineConfig, dataset: Stage
              "images_per_s": summary.get("attempt_images_per_s"), "data_digest": state["data"].get("data_digest"),
              "loss": {k: v for k, v in metrics.items() if k.startswith(("loss", "dino", "ibot", "koleo"))},
              "ln_k": math.log(cfg.train.heads.dino.n_prototypes), "dataset_digest": dataset.digest,
-             "world_size": cfg.train.num_workers, "checkpoints": checkpoints,
+             "world_size": cfg.train.num_workers, "checkpoints": checkpoints, "precision": summary.get("precision"),
              **{k: summary.get(k) for k in ("rank_weight_digests", "rank_data_digests", "rank_nodes")}}
     return store.publish(StageResult(
         stage=STAGE, uri=store.uri(out), input_digest=digest,

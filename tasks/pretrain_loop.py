@@ -158,6 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     trainer = FrancaTrainer(cfg, world, wrap=ray.train.torch.prepare_model)
     trainer.teacher.to(device)
     progress, resumed_from = _resume(trainer, cfg, world)
+    if rank == 0:
+        log.info("[pretrain] forward passes in %s (train.precision: %s)", trainer.precision, cfg.precision)
     if resumed_from is not None and rank == 0:
         log.info("[pretrain] resumed from checkpoint at step %d (%d batches per rank)", resumed_from, progress.batches)
     index = ShardIndex.from_manifest(config["manifest"], config.get("storage_options"))
@@ -200,6 +202,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     attempt_s = time.perf_counter() - started
     return {
         "step": trainer.step, "resumed_from": resumed_from, "metrics": metrics, "progress": asdict(progress),
+        "precision": trainer.precision,
         "attempt_images_per_s": (trainer.step - attempt_start) * images_per_step / max(attempt_s, 1e-9),
         "rank_weight_digests": _gather(weights_digest(trainer.student_core)),
         "rank_data_digests": _gather(progress.data_digest), "n_samples": index.n_samples,

@@ -27,6 +27,7 @@ from franca_core.models.student_teacher import FrancaModel, Outputs, build_stude
 from franca_core.schedules import Schedules
 from franca_core.train.checkpoint import rng_state, set_rng_state
 from franca_core.train.optimizer import apply_schedule, build_optimizer
+from franca_core.train.precision import Precision, resolve_precision
 
 Batch = dict[str, torch.Tensor]
 N_GLOBAL = 2
@@ -68,10 +69,15 @@ class FrancaTrainer:
         with self.autocast():
             return _float(self.student(batch["global_crops"], batch["local_crops"], batch["masks"]))
 
+    @property
+    def precision(self) -> Precision:
+        """``train.precision`` resolved for the device the student is on (``auto``: bf16 where it is native)."""
+        return resolve_precision(self.cfg.precision, next(self.student_core.parameters()).device.type)
+
     def autocast(self) -> torch.autocast:
         """The forward passes' autocast context (``train.precision``); the losses run outside it, in float32."""
         device = next(self.student_core.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def compute_losses(self, out: Outputs, targets: dict[str, list[torch.Tensor]],
                        masks: torch.Tensor) -> dict[str, torch.Tensor]:
