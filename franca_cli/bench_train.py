@@ -43,8 +43,8 @@ from franca_core.train.checkpoint import load_checkpoint
 from tasks.storage import StageResult, sha256_json
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-# The tiny profile's step rate under Ray on this 2-core machine: 32 img/s of batch 32 (measured 20-36 img/s,
-# lower when something else runs). Schedules are keyed on steps (reproducible, resumable); this makes their cosine
+# The tiny profile's step rate under Ray on this 2-core machine: 32 img/s of batch 32 (measured 26-32 img/s with
+# 48 px globals, 20-36 with the earlier 64 px ones; lower when something else runs). Schedules are keyed on steps (reproducible, resumable); this makes their cosine
 # end near the wall budget rather than long before it.
 STEPS_PER_MINUTE = 60.0
 
@@ -205,7 +205,9 @@ def bench_quality(args: argparse.Namespace) -> int:
     result = pretrain(cfg, dataset)
     _log(f"pretrained {result.stats['steps']} steps in {result.stats['train_minutes']:.1f} min; evaluating")
     t = cfg.train
-    tf = eval_transform(t.crops.global_size)
+    # The architecture's own resolution (model.img_size), not the training crops': a profile may train its globals
+    # smaller (more steps in the budget) and is then read out, like random init, at the grid it was built for.
+    tf = eval_transform(t.model.img_size)
     ev = {name: ParquetImageDataset(path, tf) for name, path in sets.items()}
     state = load_checkpoint(Path(result.files["checkpoint"]) / "state.pt")
     torch.manual_seed(t.seed)  # the student's initial backbone (built first): random init of the same architecture

@@ -58,7 +58,7 @@ def pretrain_on_synthetic(cfg: PipelineConfig, out: Path, log: Any = print) -> d
     samples = list(iter_images(syn.n_images, seed=syn.seed, size=syn.image_size, style=syn.style))
     held = max(len(samples) // 5, 16)
     train_imgs, test = samples[held:], samples[:held]
-    size = t.crops.global_size
+    size = t.model.img_size  # the grid the model is built for (globals may train smaller)
     eval_train = ImageListDataset([s[0] for s in train_imgs], [s[2] for s in train_imgs], eval_transform(size))
     eval_test = ImageListDataset([s[0] for s in test], [s[2] for s in test], eval_transform(size))
     collate = MultiCropCollate(t.masking, t.model.patch_size)

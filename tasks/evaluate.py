@@ -77,7 +77,7 @@ def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult | None =
         patch = loaded.model_cfg.patch_size
         sets = (open_sets(cfg.eval.datasets, patch, cfg.eval) if cfg.eval.datasets
                 else synthetic_sets(patch, n_images=min(200, cfg.data.synthetic.n_images),
-                                    size=cfg.train.crops.global_size))
+                                    size=cfg.train.model.img_size))
         eval_cfg = cfg.eval.model_copy(update={"cache_dir": cfg.eval.cache_dir or str(local / "cache")})
         report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, local / "report",
                                              cfg.train.heads.n_levels, matrix)

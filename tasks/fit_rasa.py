@@ -38,8 +38,8 @@ def rasa_images(cfg: PipelineConfig, dataset: StageResult | None, patch_size: in
         if not images:
             raise ValueError(f"the dedup output {dataset.uri} has no kept images to fit RASA on")
         return EvalSet.from_records("rasa-fit", images, patch_size, resolution=r.resolution or
-                                    cfg.train.crops.global_size, square=True)
-    return synthetic_sets(patch_size, n_images=r.max_images, size=cfg.train.crops.global_size)["synthetic-train"]
+                                    cfg.train.model.img_size, square=True)
+    return synthetic_sets(patch_size, n_images=r.max_images, size=cfg.train.model.img_size)["synthetic-train"]
 
 
 def fit_rasa(cfg: PipelineConfig, model: StageResult, dataset: StageResult | None = None) -> StageResult:
