@@ -44,8 +44,8 @@ from tasks.storage import StageResult, sha256_json
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The tiny profile's step rate under Ray on this 2-core machine: 32 img/s of batch 32 (measured 26-32 img/s with
-# 48 px globals, 20-36 with the earlier 64 px ones; lower when something else runs). Schedules are keyed on steps (reproducible, resumable); this makes their cosine
-# end near the wall budget rather than long before it.
+# 48 px globals, 20-36 with the earlier 64 px ones; lower when something else runs). Schedules are keyed on steps
+# (reproducible, resumable); this makes their cosine end near the wall budget rather than long before it.
 STEPS_PER_MINUTE = 60.0
 
 
