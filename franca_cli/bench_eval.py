@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from franca_cli.options import add_config_options
+from franca_core.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.config import PipelineConfig, config_digest, load_config
 from franca_core.data.datasets import ParquetImageDataset
 from franca_core.data.multicrop_loader import multicrop_loader
 from franca_core.eval.evaluate import evaluate_backbone, open_sets
 from franca_core.models.io import load_backbone
-from franca_core.train.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.train.loop import run_steps
 from franca_core.train.trainer import FrancaTrainer
 

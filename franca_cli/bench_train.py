@@ -30,6 +30,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
 from franca_cli.options import add_config_options, config_from_args
+from franca_core.checkpoint import load_checkpoint
 from franca_core.config import PipelineConfig, TrainConfig, merge
 from franca_core.data.datasets import ParquetImageDataset
 from franca_core.data.multicrop import normalize
@@ -39,7 +40,6 @@ from franca_core.eval.features import extract_features
 from franca_core.eval.knn import knn_top1
 from franca_core.models.backbone import build_backbone
 from franca_core.models.student_teacher import build_model
-from franca_core.train.checkpoint import load_checkpoint
 from tasks.storage import StageResult, sha256_json
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

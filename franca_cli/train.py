@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from franca_cli.options import add_config_options, config_from_args
+from franca_core.checkpoint import save_checkpoint
 from franca_core.config import PipelineConfig
 from franca_core.data.collate import MultiCropCollate
 from franca_core.data.datasets import ImageListDataset
@@ -29,7 +30,6 @@ from franca_core.data.synthetic import iter_images
 from franca_core.eval.features import extract_features
 from franca_core.eval.knn import knn_top1
 from franca_core.models.backbone import build_backbone
-from franca_core.train.checkpoint import save_checkpoint
 from franca_core.train.loop import run_steps
 from franca_core.train.trainer import FrancaTrainer
 

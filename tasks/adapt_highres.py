@@ -19,13 +19,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from franca_core.checkpoint import save_checkpoint
 from franca_core.config import PipelineConfig, TrainConfig
 from franca_core.data.datasets import ImageFolderDataset, ImageListDataset, ParquetImageDataset
 from franca_core.data.shards import ShardIndex, build_loader
 from franca_core.data.synthetic import iter_images
 from franca_core.highres import adapt_highres as adapt
 from franca_core.models.io import save_backbone
-from franca_core.train.checkpoint import save_checkpoint
 from tasks.model_io import load_stage_model
 from tasks.storage import StageResult, StageStore, input_digest
 

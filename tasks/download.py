@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from franca_core.config import DownloadConfig, PipelineConfig
 from franca_core.data.corpus import PLACEHOLDER
+from franca_core.data.download_causes import CAUSES, SUCCESS
 from franca_core.data.img2dataset_io import finished_shards, merged_stats, read_download_log
-from franca_core.dedup.quality import CAUSES, SUCCESS
 from infra.offline import offline_env
 from tasks.data_io import open_store, read_parquet, write_parquet
 from tasks.storage import StageResult, input_digest, move_tree, sha256_json

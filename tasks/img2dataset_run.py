@@ -28,7 +28,7 @@ import signal
 import sys
 from typing import Any
 
-from franca_core.dedup.quality import CORRUPT, classify_payload
+from franca_core.data.download_causes import CORRUPT, classify_payload
 
 Result = tuple[Any, Any, Any, Any, Any, Any]  # img2dataset's (img, width, height, orig_w, orig_h, error)
 

@@ -25,8 +25,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 from safetensors.torch import save as safetensors_bytes
 
+from franca_core.checkpoint import load_checkpoint
 from franca_core.config import PipelineConfig, TrainConfig
-from franca_core.train.checkpoint import load_checkpoint
 from infra.offline import apply_offline_env, offline_env, ray_home
 from tasks.pretrain_loop import STATE_FILE, train_loop_per_worker
 from tasks.storage import StageResult, StageStore, input_digest

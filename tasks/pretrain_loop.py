@@ -29,9 +29,9 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from franca_core.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.config import PipelineConfig, TrainConfig
 from franca_core.data.shards import ShardIndex, build_loader, derive_seed
-from franca_core.train.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.train.trainer import FrancaTrainer
 
 STATE_FILE = "state.pt"

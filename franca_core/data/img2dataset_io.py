@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from franca_core.dedup.quality import download_cause
+from franca_core.data.download_causes import download_cause
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 

@@ -27,7 +27,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from franca_core.dedup.quality import read_header
+from franca_core.data.download_causes import read_header
 
 
 @lru_cache(maxsize=8)

@@ -1,6 +1,6 @@
 """Feature cache: features are computed once per (model weights, image set, geometry) and reused.
 
-Files are ``<cache_dir>/<key>.pt`` dicts of tensors written atomically (``franca_core.train.checkpoint``) and read
+Files are ``<cache_dir>/<key>.pt`` dicts of tensors written atomically (``franca_core.checkpoint``) and read
 with ``weights_only=True``. The key is the sha256 of the model's weights digest and the set's ``identity()``, so a
 changed checkpoint, file, row subset or resolution never reuses stale features.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from franca_core.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.eval.data import EvalSet
 from franca_core.eval.features import extract_eval_features
-from franca_core.train.checkpoint import load_checkpoint, save_checkpoint
 
 CACHE_VERSION = 1
 

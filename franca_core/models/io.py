@@ -2,7 +2,7 @@
 
 Two formats, both loaded without unpickling arbitrary objects (DESIGN.md "Storage"):
 
-- a training checkpoint (``FrancaTrainer.state_dict()`` saved by ``franca_core.train.checkpoint``): ``torch.load(...,
+- a training checkpoint (``FrancaTrainer.state_dict()`` saved by ``franca_core.checkpoint``): ``torch.load(...,
   weights_only=True)``; the TEACHER backbone is used (FRANCA_METHOD.md: the run's model is the EMA teacher), its
   architecture comes from the stored ``config``; an optional ``rasa_matrix`` entry is honoured;
 - an exported backbone (``save_backbone``): a safetensors file with ``backbone.*`` tensors, an optional
@@ -26,10 +26,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from franca_core.checkpoint import load_checkpoint
 from franca_core.config import ModelConfig, TrainConfig
 from franca_core.models.backbone import FrancaViT, build_backbone
 from franca_core.models.rasa_backbone import RasaBackbone
-from franca_core.train.checkpoint import load_checkpoint
 
 FORMAT = "franca-backbone/1"
 # Fields that fix the weights' shapes; img_size is left out because the position grid is interpolated anyway.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from franca_core.checkpoint import rng_state, set_rng_state
 from franca_core.config import TrainConfig
 from franca_core.losses.dino import dino_loss
 from franca_core.losses.ibot import ibot_loss
@@ -25,7 +26,6 @@ from franca_core.losses.koleo import koleo_loss
 from franca_core.losses.sinkhorn import sinkhorn_knopp
 from franca_core.models.student_teacher import FrancaModel, Outputs, build_student_teacher, ema_update
 from franca_core.schedules import Schedules
-from franca_core.train.checkpoint import rng_state, set_rng_state
 from franca_core.train.optimizer import apply_schedule, build_optimizer
 from franca_core.train.precision import Precision, resolve_precision
 

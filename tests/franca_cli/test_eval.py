@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from franca_cli.main import main
+from franca_core.checkpoint import save_checkpoint
 from franca_core.config import load_config
 from franca_core.models.student_teacher import build_model
-from franca_core.train.checkpoint import save_checkpoint
 
 
 def _png(size: tuple[int, int], mode: str = "RGB", value: int | tuple = 0) -> bytes:

@@ -22,9 +22,9 @@ _CODE = ("franca_core/models/backbone.py", "franca_core/models/student_teacher.p
 
 def pretrain_tiny(cfg: PipelineConfig, data: Path, out: Path) -> Path:
     """Train ``cfg.train`` on tinyimagenet-train for its ``total_steps``; save the full checkpoint."""
+    from franca_core.checkpoint import save_checkpoint
     from franca_core.data.datasets import ParquetImageDataset
     from franca_core.data.multicrop_loader import multicrop_loader
-    from franca_core.train.checkpoint import save_checkpoint
     from franca_core.train.loop import run_steps
     from franca_core.train.trainer import FrancaTrainer
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from franca_core.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.config import TrainConfig, load_config
 from franca_core.data.collate import MultiCropCollate
 from franca_core.data.multicrop import MultiCropAugmentation
 from franca_core.data.synthetic import iter_images
-from franca_core.train.checkpoint import load_checkpoint, save_checkpoint
 from franca_core.train.trainer import FrancaTrainer
 
 SMALL = ["train.model.depth=2", "train.optim.batch_size=4", "train.crops.n_local=2", "train.optim.total_steps=20",

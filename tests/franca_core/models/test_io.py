@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from franca_core.checkpoint import save_checkpoint
 from franca_core.config import load_config
 from franca_core.models.io import load_backbone, save_backbone
 from franca_core.models.rasa_backbone import RasaBackbone
 from franca_core.models.student_teacher import build_model
-from franca_core.train.checkpoint import save_checkpoint
 
 
 def _checkpoint(tmp_path: Path, overrides: list[str] | None = None) -> tuple[Path, torch.nn.Module]:

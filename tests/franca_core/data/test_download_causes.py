@@ -1,4 +1,4 @@
-"""Payload classification and img2dataset error -> cause mapping (franca_core/dedup/quality.py)."""
+"""Payload classification and img2dataset error -> cause mapping (franca_core/data/download_causes.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from franca_core.data.corpus import bomb_png, corrupt, html_page, jpeg
-from franca_core.data.synthetic import render_image
-from franca_core.dedup.quality import (
+from franca_core.data.download_causes import (
     BOMB,
     CORRUPT,
     DEAD_URL,
@@ -23,6 +22,7 @@ from franca_core.dedup.quality import (
     download_cause,
     read_header,
 )
+from franca_core.data.synthetic import render_image
 
 
 def test_classify_payload__each_planted_fault() -> None:
