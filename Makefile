@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Packages mypy checks (franca_core: disallow_untyped_defs, see [tool.mypy] in pyproject.toml).
+MYPY_PATHS ?= franca_core
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -22,14 +24,16 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/franca demo
 
-test: install
+# ruff and mypy run first; either one failing fails the target before pytest starts.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy $(MYPY_PATHS)
 
 clean:
-	rm -rf $(VENV) .franca .pytest_cache
+	rm -rf $(VENV) .franca .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ import torch
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as weights_only-loadable values."""
-    np_state = np.random.get_state()
+    # the global MT19937 state is the legacy tuple; numpy's stubs resolve a no-argument call to the dict overload
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2]],
         "python_version": random.getstate()[0],

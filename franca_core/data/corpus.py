@@ -62,12 +62,13 @@ def near_duplicate(img: Image.Image, rng: np.random.Generator) -> tuple[bytes, s
         return jpeg(img, int(rng.integers(40, 71))), kind
     if kind == "resize":
         scale = rng.uniform(0.6, 0.85) if rng.random() < 0.5 else rng.uniform(1.2, 1.6)
-        return jpeg(img.resize((max(8, round(w * scale)), max(8, round(h * scale))), Image.BICUBIC), 85), kind
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        return jpeg(img.resize(size, Image.Resampling.BICUBIC), 85), kind
     frac = rng.uniform(0.02, 0.05)
     dx, dy = max(1, round(w * frac)), max(1, round(h * frac))
     x0, y0 = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
     box = (x0, y0, w - (dx - x0), h - (dy - y0))
-    return jpeg(img.crop(box).resize((w, h), Image.BICUBIC), 88), kind
+    return jpeg(img.crop(box).resize((w, h), Image.Resampling.BICUBIC), 88), kind
 
 
 def corrupt(data: bytes, rng: np.random.Generator) -> bytes:
@@ -138,7 +139,8 @@ def _contaminant(key: str, data: bytes, rng: np.random.Generator) -> _Entry:
         body = jpeg(img, int(rng.integers(50, 86)))
     elif kind == 2:
         scale = rng.uniform(0.75, 1.5)
-        img = img.resize((max(8, round(img.width * scale)), max(8, round(img.height * scale))), Image.BICUBIC)
+        size = (max(8, round(img.width * scale)), max(8, round(img.height * scale)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
         body = jpeg(img, 85)
     else:
         body = data

@@ -61,7 +61,9 @@ def merged_stats(fs: AbstractFileSystem, folder: str) -> dict[str, Any]:
 def iter_tar(fs: AbstractFileSystem, path: str) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
     """Yield ``(key, image bytes, json metadata)`` per sample of one webdataset tar, streaming."""
     with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        key, image, meta = None, None, {}
+        key: str | None = None
+        image: bytes | None = None
+        meta: dict[str, Any] = {}
         for member in tar:
             if not member.isfile():
                 continue

@@ -42,7 +42,8 @@ def normalise(table: pa.Table, where: str) -> pa.Table:
     if table.num_rows == 0:
         raise MetadataError(f"metadata {where} holds no rows")
     if "sample_id" not in table.column_names:
-        ids, seen = [], {}  # a repeated URL gets "#k": unique ids, and the first one is the URL's own
+        ids: list[str] = []
+        seen: dict[str, int] = {}  # a repeated URL gets "#k": unique ids, and the first one is the URL's own
         for url in table.column("url").to_pylist():
             base = hashlib.sha256(str(url).encode()).hexdigest()[:20]
             seen[base] = seen.get(base, -1) + 1

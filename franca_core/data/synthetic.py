@@ -58,10 +58,10 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: fl
         w = 0.35 * r
         draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=255)
         draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=255)
-        canvas = canvas.rotate(math.degrees(angle), center=(cx, cy), resample=Image.NEAREST)
+        canvas = canvas.rotate(math.degrees(angle), center=(cx, cy), resample=Image.Resampling.NEAREST)
     elif shape == "bar":
         draw.rectangle((cx - r, cy - 0.28 * r, cx + r, cy + 0.28 * r), fill=255)
-        canvas = canvas.rotate(math.degrees(angle), center=(cx, cy), resample=Image.NEAREST)
+        canvas = canvas.rotate(math.degrees(angle), center=(cx, cy), resample=Image.Resampling.NEAREST)
     else:
         draw.polygon(_polygon(shape, cx, cy, r, angle), fill=255)
     return np.asarray(canvas) > 127

@@ -89,6 +89,8 @@ def deduplicate(sample_ids: Sequence[str], content_hashes: Sequence[str], phashe
             kept[i], reason[i], dup_of[i] = False, EXACT, j
 
     if eval_signatures is not None and len(eval_signatures) and kept.any():
+        if eval_phashes is None:
+            raise ValueError("deduplicate: eval_signatures were given without eval_phashes; pass both or neither")
         rows = np.flatnonzero(kept)
         dist, ids = SignatureIndex(eval_signatures, cfg.ann_nprobe).search(signatures[rows], cfg.ann_neighbours)
         valid = ids >= 0

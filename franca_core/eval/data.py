@@ -53,6 +53,12 @@ class EvalSet(Dataset):
         name: a display name (default: the file stem).
     """
 
+    items: list[Any]  # encoded images (Parquet, memory) or file paths (ImageFolder)
+    labels: np.ndarray
+    masks: list[bytes] | None
+    label_classes: list[str]
+    mask_classes: list[str]
+
     def __init__(self, path: str | Path, patch_size: int, resolution: int | None = None,
                  max_images: int | None = None, seed: int = 0, mask_max_side: int = 96,
                  name: str | None = None) -> None:
@@ -128,16 +134,15 @@ class EvalSet(Dataset):
         table = pq.read_table(self.path)
         if "image" not in table.column_names:
             raise ValueError(f"{self.path} has no 'image' column (columns: {table.column_names})")
-        self.items: list[Any] = table.column("image").to_pylist()
+        self.items = table.column("image").to_pylist()
         n = len(self.items)
         self.labels = np.asarray(table.column("label").to_pylist() if "label" in table.column_names else [-1] * n,
                                  dtype=np.int64)
-        self.masks: list[bytes] | None = (table.column("mask").to_pylist() if "mask" in table.column_names
-                                          else None)
+        self.masks = table.column("mask").to_pylist() if "mask" in table.column_names else None
         self.meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        self.label_classes: list[str] = json.loads(self.meta.get("label_classes", self.meta.get("classes", "[]")))
+        self.label_classes = json.loads(self.meta.get("label_classes", self.meta.get("classes", "[]")))
         if self.masks is not None:
-            self.mask_classes: list[str] = json.loads(self.meta.get("classes", "[]"))
+            self.mask_classes = json.loads(self.meta.get("classes", "[]"))
             self.ignore_index = int(self.meta.get("ignore_index", 255))
         else:
             self.mask_classes, self.ignore_index = [], 255
@@ -220,7 +225,7 @@ class EvalSet(Dataset):
         if self.masks is None:
             return torch.zeros(0, dtype=torch.int64)
         with Image.open(io.BytesIO(self.masks[i])) as img:
-            resized = img.resize((self.mask_size[1], self.mask_size[0]), Image.NEAREST)
+            resized = img.resize((self.mask_size[1], self.mask_size[0]), Image.Resampling.NEAREST)
             return torch.from_numpy(np.asarray(resized, dtype=np.int64).copy())
 
     def __len__(self) -> int:

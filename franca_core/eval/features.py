@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+# ``backbone.forward_masked``: any module with that method (FrancaViT, RasaBackbone); nn.Module's __getattr__ types
+# such attributes as ``Tensor | Module``, so call sites cast to this.
+ForwardMasked = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 @torch.no_grad()
@@ -15,7 +22,7 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 25
     backbone.eval()
     cls, patch_mean, labels = [], [], []
     for images, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        out = backbone.forward_masked(images)
+        out = cast(ForwardMasked, backbone.forward_masked)(images)
         cls.append(out["cls"])
         patch_mean.append(out["patch"].mean(dim=1))
         labels.append(torch.as_tensor(y))
@@ -35,10 +42,10 @@ def extract_eval_features(backbone: nn.Module, dataset: Dataset, batch_size: int
     """
     was_training = backbone.training
     backbone.eval()
-    patch_size = int(backbone.patch_size)
+    patch_size = int(cast(int, backbone.patch_size))
     out: dict[str, list[torch.Tensor]] = {"cls": [], "patch_mean": [], "labels": [], "patch": [], "masks": []}
     for images, labels, masks in DataLoader(dataset, batch_size=batch_size):
-        feats = backbone.forward_masked(images)
+        feats = cast(ForwardMasked, backbone.forward_masked)(images)
         patch = feats["patch"]
         out["cls"].append(feats["cls"].float())
         out["patch_mean"].append(patch.mean(dim=1).float())

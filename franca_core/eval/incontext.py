@@ -10,6 +10,8 @@ weights; the class distribution is upsampled (bilinear) to the mask grid and its
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +26,7 @@ def patch_labels(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def build_bank(patch: torch.Tensor, masks: torch.Tensor, ignore_index: int = 255, bank_size: int = 20_000,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised (m, D) bank tokens and (m,) labels from (n, h, w, D) tokens and (n, gh, gw) masks."""
-    labels = patch_labels(masks, tuple(patch.shape[1:3])).flatten()
+    labels = patch_labels(masks, (patch.shape[1], patch.shape[2])).flatten()
     tokens = patch.reshape(-1, patch.shape[-1])
     keep = (labels != ignore_index).nonzero().flatten()
     if keep.numel() == 0:
@@ -57,7 +59,7 @@ def incontext_segment(bank: torch.Tensor, bank_labels: torch.Tensor, query: torc
 def incontext_miou(train_patch: torch.Tensor, train_masks: torch.Tensor, test_patch: torch.Tensor,
                    test_masks: torch.Tensor, n_classes: int, ignore_index: int = 255, k: int = 30,
                    temperature: float = 0.02, bank_size: int = 20_000, seed: int = 0,
-                   keep: int = 0) -> dict[str, object]:
+                   keep: int = 0) -> dict[str, Any]:
     """mIoU of in-context segmentation of the test images with a bank of the train images.
 
     Returns:
@@ -71,7 +73,7 @@ def incontext_miou(train_patch: torch.Tensor, train_masks: torch.Tensor, test_pa
     bank, labels = build_bank(train_patch, train_masks, ignore_index, bank_size, seed)
     if int(labels.max()) >= n_classes:
         raise ValueError(f"mask class {int(labels.max())} is outside [0, {n_classes})")
-    size = tuple(test_masks.shape[1:])
+    size = (test_masks.shape[1], test_masks.shape[2])
     pred = incontext_segment(bank, labels, test_patch, n_classes, size, k, temperature)
     conf = confusion(pred, test_masks, n_classes, n_classes, ignore_index)
     return {"miou": miou(conf), "predictions": pred[:keep]}

@@ -14,6 +14,7 @@ features lie in the span of the patch-level ones, so the subsample changes the f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ def upsampled_assign(patch: torch.Tensor, mean: torch.Tensor, basis: torch.Tenso
 
 def overcluster(patch: torch.Tensor, masks: torch.Tensor, n_classes: int, ks: Sequence[int],
                 ignore_index: int = 255, pca_dim: int = 50, max_tokens: int = 50_000, seed: int = 0,
-                n_init: int = 3, keep: int = 0) -> dict[str, object]:
+                n_init: int = 3, keep: int = 0) -> dict[str, Any]:
     """mIoU of K-means clusterings of the patch tokens against the masks.
 
     Args:
@@ -82,7 +83,7 @@ def overcluster(patch: torch.Tensor, masks: torch.Tensor, n_classes: int, ks: Se
         with threadpool_limits(1):  # small fit: threads cost more than they give (see eval/linear.py)
             km = KMeans(n_clusters=k_eff, n_init=n_init, random_state=seed).fit(z)
         centroids = torch.from_numpy(km.cluster_centers_).float()
-        assigned = upsampled_assign(patch, mean, basis, centroids, tuple(masks.shape[1:]))
+        assigned = upsampled_assign(patch, mean, basis, centroids, (masks.shape[1], masks.shape[2]))
         conf = confusion(assigned, masks, k_eff, n_classes, ignore_index)
         value, mapping = cluster_miou(conf, many_to_one=k_eff > n_classes)
         results[k] = value

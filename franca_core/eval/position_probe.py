@@ -8,6 +8,8 @@ fitting part and a held-out part, so the reported MSE is measured on images no r
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from franca_core.config import RasaConfig
 from franca_core.eval.data import EvalSet
+from franca_core.eval.features import ForwardMasked
 from franca_core.rasa import RasaResult, dihedral, dihedral_choices, fit_rasa, position_probe
 
 
@@ -36,7 +39,7 @@ def augmented_tokens(backbone: nn.Module, evalset: EvalSet, views: int, batch_si
             ks = [0] * len(images) if v == 0 else [choices[int(i)] for i in
                                                     torch.randint(len(choices), (len(images),), generator=gen)]
             batch = torch.stack([dihedral(img, k) for img, k in zip(images, ks)])
-            patch = backbone.forward_masked(batch)["patch"]
+            patch = cast(ForwardMasked, backbone.forward_masked)(batch)["patch"]
             per_view.append(patch.reshape(len(images), h, w, -1).half())
         chunks.append(torch.stack(per_view, dim=1))
     backbone.train(was_training)

@@ -231,7 +231,7 @@ class EvalSuite:
             else:
                 results[task] = {p.group: getattr(self, task)(p) for p in pairs}
             self.timing[f"{task}_s"] = round(time.perf_counter() - t0, 2)
-        t = self.timing
+        t: dict[str, Any] = self.timing  # gains features_per_s, which may be None
         t["features_per_s"] = round(t["images_extracted"] / t["features_s"], 2) if t["features_s"] else None
         return {
             "model": {"digest": self.digest[:16], "embed_dim": int(getattr(self.model, "embed_dim", 0)),

@@ -22,6 +22,8 @@ class RasaBackbone(nn.Module):
         matrix: (D, D) composite from ``franca_core.rasa.fit_rasa``.
     """
 
+    rasa_matrix: torch.Tensor  # a registered buffer (nn.Module's __getattr__ types it Tensor | Module)
+
     def __init__(self, backbone: FrancaViT, matrix: torch.Tensor) -> None:
         super().__init__()
         d = backbone.embed_dim

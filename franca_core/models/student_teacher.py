@@ -83,7 +83,7 @@ def build_student_teacher(cfg: TrainConfig) -> tuple[FrancaModel, FrancaModel]:
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, over all parameters (heads included)."""
-    t_params = list(teacher.parameters())
-    s_params = [p.detach() for p in student.parameters()]
+    t_params: list[torch.Tensor] = list(teacher.parameters())
+    s_params: list[torch.Tensor] = [p.detach() for p in student.parameters()]
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
