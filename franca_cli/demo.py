@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from franca_cli.flow_timing import timing
 from franca_cli.options import add_config_options
 from infra import stack
 
@@ -100,7 +101,6 @@ def summarize(flow_run_id: str, settings: stack.StackSettings, profile: str, ove
     """Print where to look, the lineage, the evaluation table and the time per stage of a finished demo run."""
     import mlflow
 
-    from franca_cli.bench_pipeline import timing
     from franca_cli.lineage import render
     from tasks import lineage
 

@@ -25,34 +25,31 @@ from typing import Any
 
 import torch
 
+from franca_cli.bench.datasets import DATA
 from franca_cli.options import add_config_options
-from franca_core.checkpoint import load_checkpoint, save_checkpoint
+from franca_core.checkpoint import load_checkpoint
 from franca_core.config import PipelineConfig, config_digest, load_config
 from franca_core.data.datasets import ParquetImageDataset
-from franca_core.data.multicrop_loader import multicrop_loader
 from franca_core.eval.evaluate import evaluate_backbone, open_sets
 from franca_core.models.io import load_backbone
-from franca_core.train.loop import run_steps
-from franca_core.train.trainer import FrancaTrainer
+from franca_core.train.driver import StepBudget, pretrain
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HELP = "pretrain (or reuse) a tiny model, fit RASA, run every protocol (JSON)"
 SETS = ("tinyimagenet-train", "tinyimagenet-val", "pets-trainval", "pets-test", "camvid-train", "camvid-test")
 # Bench defaults (CPU minutes): subsets of the two large sets, everything of the small ones.
 DEFAULTS = ["eval.max_images_per_set={tinyimagenet-train: 2000, tinyimagenet-val: 1000}", "eval.ood_in=tinyimagenet",
             "eval.ood_out=camvid", "rasa.max_images=500", "eval.incontext_bank_size=5000"]
 
 
-def register_bench(bench: argparse._SubParsersAction) -> None:
-    """Add ``eval`` to ``franca bench``."""
-    p = bench.add_parser("eval", help="pretrain (or reuse) a tiny model, fit RASA, run every protocol (JSON)")
-    add_config_options(p)
-    p.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of pretraining")
-    p.add_argument("--pretrain-steps", type=int, default=40, help="steps of the tiny pretraining (cached)")
-    p.add_argument("--pretrain-batch", type=int, default=32, help="batch size of the tiny pretraining")
-    p.add_argument("--pretrain-minutes", type=float, default=None, help="wall cap of the tiny pretraining")
-    p.add_argument("--work", default=".franca/bench/eval", help="pretrained checkpoints and the report")
-    p.add_argument("--data", default=str(DATA), help="the ../shared/data folder")
-    p.set_defaults(func=bench_eval)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config options, the pretraining's (``--checkpoint``, ``--pretrain-*``), ``--work`` and ``--data``."""
+    add_config_options(parser)
+    parser.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead of pretraining")
+    parser.add_argument("--pretrain-steps", type=int, default=40, help="steps of the tiny pretraining (cached)")
+    parser.add_argument("--pretrain-batch", type=int, default=32, help="batch size of the tiny pretraining")
+    parser.add_argument("--pretrain-minutes", type=float, default=None, help="wall cap of the tiny pretraining")
+    parser.add_argument("--work", default=".franca/bench/eval", help="pretrained checkpoints and the report")
+    parser.add_argument("--data", default=str(DATA), help="the ../shared/data folder")
 
 
 def _log(msg: str) -> None:
@@ -71,21 +68,17 @@ def pretrained(cfg: PipelineConfig, data: Path, work: Path, steps: int, batch: i
     if ckpt.is_file() and meta_file.is_file():
         return ckpt, {**json.loads(meta_file.read_text()), "reused": True}
     _log(f"pretraining the tiny profile on tinyimagenet-train: {steps} steps of {batch} images")
-    torch.manual_seed(train.seed)
-    trainer = FrancaTrainer(train)
-    loader = multicrop_loader(train, ParquetImageDataset(data / "tinyimagenet-train.parquet"))
-    start = time.perf_counter()
-    history = run_steps(trainer, loader, steps, lambda m: _log(f"step {m['step']} loss {m['loss']:.3f}"),
-                        log_every=10, max_seconds=minutes * 60 if minutes else None)
-    meta = {"steps": trainer.step, "batch_size": batch, "images_seen": trainer.step * batch,
-            "seconds": round(time.perf_counter() - start, 1), "profile": "tiny (n_local=2)",
-            "loss_last": history[-1]["loss"] if history else None}
-    save_checkpoint(trainer.state_dict(), ckpt)
+    budget = StepBudget(steps, log_every=10, max_seconds=minutes * 60 if minutes else None)
+    result = pretrain(train, ParquetImageDataset(data / "tinyimagenet-train.parquet"), budget,
+                      on_log=lambda m: _log(f"step {m['step']} loss {m['loss']:.3f}"))
+    meta = {"steps": result.steps, "batch_size": batch, "images_seen": result.steps * batch,
+            "seconds": round(result.seconds, 1), "profile": "tiny (n_local=2)", "loss_last": result.loss_last}
+    result.save_checkpoint(ckpt)
     meta_file.write_text(json.dumps(meta, indent=1))
     return ckpt, {**meta, "reused": False}
 
 
-def bench_json(report: dict[str, Any], seconds: float, pretrain: dict[str, Any]) -> dict[str, Any]:
+def bench_json(report: dict[str, Any], seconds: float, pretraining: dict[str, Any]) -> dict[str, Any]:
     """The issue's keys, read from the suite report."""
     res, rasa = report["results"], report.get("rasa", {})
     knn = res["knn"]["tinyimagenet"]
@@ -108,11 +101,11 @@ def bench_json(report: dict[str, Any], seconds: float, pretrain: dict[str, Any])
         "ood": {"auroc": res["ood"]["auroc"], "fpr95": res["ood"]["fpr95"], "in": "tinyimagenet-val",
                 "out": "camvid-test"},
         "timing": {k: v for k, v in report["timing"].items() if k.endswith("_s")},
-        "pretrain": pretrain, "threads": torch.get_num_threads(),
+        "pretrain": pretraining, "threads": torch.get_num_threads(),
     }
 
 
-def bench_eval(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Pretrain or reuse, fit RASA, evaluate, print the JSON."""
     start = time.perf_counter()
     data, work = Path(args.data), Path(args.work)
@@ -124,9 +117,9 @@ def bench_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or args.profile, [*DEFAULTS, *args.overrides])
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
-        pretrain = {"checkpoint": str(ckpt), "steps": int(load_checkpoint(ckpt).get("step", -1)), "reused": True}
+        pretraining = {"checkpoint": str(ckpt), "steps": int(load_checkpoint(ckpt).get("step", -1)), "reused": True}
     else:
-        ckpt, pretrain = pretrained(cfg, data, work, args.pretrain_steps, args.pretrain_batch, args.pretrain_minutes)
+        ckpt, pretraining = pretrained(cfg, data, work, args.pretrain_steps, args.pretrain_batch, args.pretrain_minutes)
     loaded = load_backbone(ckpt)
     sets = open_sets({s: str(data / f"{s}.parquet") for s in SETS}, loaded.model_cfg.patch_size, cfg.eval)
     with tempfile.TemporaryDirectory() as cache:
@@ -134,7 +127,7 @@ def bench_eval(args: argparse.Namespace) -> int:
         report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, work / "report",
                                              n_levels=cfg.train.heads.n_levels, fit_rasa_set="tinyimagenet-train",
                                              log=_log)
-    out = bench_json(report, time.perf_counter() - start, pretrain)
+    out = bench_json(report, time.perf_counter() - start, pretraining)
     out["report"] = str(files["markdown"])
     print(json.dumps(out, indent=1, default=str))
     return 0
