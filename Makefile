@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 # Packages mypy checks (franca_core: disallow_untyped_defs, see [tool.mypy] in pyproject.toml).
-MYPY_PATHS ?= franca_core
+MYPY_PATHS ?= franca_core tasks
 
 .PHONY: install demo test test-fast lint bench clean
 

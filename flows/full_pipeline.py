@@ -4,8 +4,9 @@
     prefect deployment run franca/periodic-retrain      # snapshots=<folder>: the newest URL list there is the source
     franca run --profile tiny train.optim.total_steps=50      # the same flow in-process
 
-Every stage is a cached, tracked Prefect task (``tasks/prefect_stages.py``): a re-run or a retried run skips each
-stage whose inputs are unchanged and finished, and MLflow holds one parent run with one nested run per stage.
+Every stage is a Prefect task run under its contract (``tasks/common/prefect.py``): a re-run or a retried run serves
+each stage whose key (config it reads, content of the files it names, its code, its inputs) is unchanged and whose
+output checks out, and MLflow holds one parent run with one nested run per stage.
 """
 
 from __future__ import annotations
@@ -18,31 +19,48 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from franca_core.config import ConfigError, PipelineConfig, load_config
-from tasks import prefect_stages as stage
-from tasks.tracking import close_parent, open_parent
+from tasks.common import prefect as stage
+from tasks.common.contract import STAGE_NAMES
+from tasks.common.store import StageResult
+from tasks.common.tracking import close_parent, open_parent
+
+# Each stage and where its inputs come from (role -> upstream stage), in run order.
+PIPELINE: tuple[tuple[str, dict[str, str]], ...] = (
+    ("source", {}),
+    ("select", {"urls": "source"}),
+    ("download", {"subset": "select"}),
+    ("dedup", {"shards": "download"}),
+    ("pretrain", {"dataset": "dedup"}),
+    ("highres", {"model": "pretrain", "dataset": "dedup"}),
+    ("rasa", {"model": "highres", "dataset": "dedup"}),  # on the final weights: high-res training moves them
+    ("evaluate", {"model": "highres", "rasa": "rasa"}),
+    ("register", {"model": "highres", "rasa": "rasa", "report": "evaluate", "dataset": "dedup"}),
+)
 
 
 @flow(name="franca", log_prints=True, persist_result=False)
-def franca(profile: str = "tiny", overrides: list[str] | None = None, snapshots: str | None = None) -> dict[str, Any]:
-    """Train, evaluate and register a Franca model from a URL list; every stage cached and tracked in MLflow."""
+def franca(profile: str = "tiny", overrides: list[str] | None = None, snapshots: str | None = None,
+           until: str | None = None) -> dict[str, Any]:
+    """Train, evaluate and register a Franca model from a URL list; every stage cached and tracked in MLflow.
+
+    ``until``: the last stage to run (e.g. ``dedup`` for the data stages only).
+    """
     cfg = config(profile, overrides or [], snapshots)
+    if until is not None and until not in STAGE_NAMES:
+        raise ConfigError(f"until={until!r} is not a stage. Valid: {list(STAGE_NAMES)}")
     parent = open_parent(cfg, str(flow_run.get_id()), flow_run.get_name() or "")
+    results: dict[str, StageResult] = {}
     try:
-        urls = stage.source(cfg, parent)
-        subset = stage.select(cfg, urls, parent)
-        shards = stage.download(cfg, subset, parent)
-        dataset = stage.dedup(cfg, shards, parent)
-        pretrained = stage.pretrain(cfg, dataset, parent)
-        adapted = stage.adapt_highres(cfg, pretrained, dataset, parent)
-        rasa = stage.fit_rasa(cfg, adapted, dataset, parent)  # on the final weights: high-res training moves them
-        report = stage.evaluate(cfg, adapted, rasa, parent)
-        model = stage.register(cfg, adapted, rasa, report, dataset, parent)
+        for name, wiring in PIPELINE:
+            results[name] = stage.run(name, cfg, parent, **{role: results[up] for role, up in wiring.items()})
+            if name == until:
+                break
     except BaseException:
         close_parent(cfg, parent, ok=False)
         raise
-    summary = {"model": model.result.uri, "mlflow_run_id": parent, "dataset_digest": dataset.result.digest,
-               "url_list_digest": urls.result.digest, **report.result.stats.get("summary", {})}
-    close_parent(cfg, parent, ok=True, summary=report.result.stats.get("summary", {}))
+    summary = {**stage.summary(results), "mlflow_run_id": parent}
+    close_parent(cfg, parent, ok=True, summary=results["evaluate"].stats.get("summary", {}) if "evaluate" in results
+                 else {})
     return summary
 
 

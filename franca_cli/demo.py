@@ -102,7 +102,7 @@ def summarize(flow_run_id: str, settings: stack.StackSettings, profile: str, ove
     import mlflow
 
     from franca_cli.lineage import render
-    from tasks import lineage
+    from tasks.common import lineage
 
     with stack.prefect_client(settings.prefect_api_url) as client:
         flow_run = client.read_flow_run(flow_run_id)

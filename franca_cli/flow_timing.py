@@ -45,7 +45,7 @@ def timing(flow_run_id: str, tracking_uri: str, prefect_api_url: str | None = No
     """
     import mlflow
 
-    from tasks.tracking import TAG
+    from tasks.common.tracking import TAG
 
     with prefect_client(prefect_api_url) as client:
         fr = client.read_flow_run(flow_run_id)

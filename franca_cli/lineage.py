@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is the lineage, not bars
     import mlflow
 
-    from tasks import lineage, tracking
+    from tasks.common import lineage, tracking
 
     uri = args.tracking_uri or tracking.tracking_uri(PipelineConfig())
     mlflow.set_tracking_uri(uri)

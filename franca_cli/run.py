@@ -3,6 +3,7 @@
     franca run --profile tiny train.optim.total_steps=100     # against $PREFECT_API_URL, else a temporary server
     franca run --resume                                       # the last run's config again: finished stages are
                                                               # served from cache, training resumes its checkpoint
+    franca run --until dedup                                  # the data stages only (any stage name works)
 
 Prints the run's summary (registered model, MLflow parent run, dataset and URL-list digests, headline metrics) as
 JSON. Task results are persisted under the stack's state folder, so ``franca run`` and deployment runs share the
@@ -19,6 +20,7 @@ import sys
 from franca_cli.options import add_config_options
 from infra.offline import state_dir
 from infra.stack import StackSettings
+from tasks.common.contract import STAGE_NAMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(p)
     p.add_argument("--resume", action="store_true", help="re-run the last `franca run` config (skips finished stages)")
+    p.add_argument("--until", default=None, choices=STAGE_NAMES, metavar="STAGE",
+                   help=f"stop after this stage ({', '.join(STAGE_NAMES)})")
     p.set_defaults(func=run)
 
 
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         params = json.loads(last.read_text())
     else:
-        params = {"profile": args.config or args.profile, "overrides": list(args.overrides)}
+        params = {"profile": args.config or args.profile, "overrides": list(args.overrides), "until": args.until}
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(StackSettings.resolve().result_storage))
     from flows.full_pipeline import franca  # after the environment: Prefect reads its settings from it
 

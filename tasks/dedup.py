@@ -2,7 +2,7 @@
 
 Exact duplicates (content hash of decoded pixels), decontamination against the evaluation sets
 (``dedup.eval_sets`` and, with ``dedup.include_eval_datasets``, every path of ``eval.datasets``) and near duplicates
-(ANN search over perceptual signatures): ``franca_core/dedup/near_dup.py``. Output ``<root>/dedup/<input-digest>/``:
+(ANN search over perceptual signatures): ``franca_core/dedup/near_dup.py``. Output ``<root>/dedup/<key>/``:
 
 - ``manifest.parquet``: one row per downloaded image, columns ``MANIFEST_SCHEMA`` (read by the pretraining stage:
   ``shard`` is the tar's full URI, ``key`` the webdataset key inside it);
@@ -17,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 
 from franca_core.config import PipelineConfig
-from franca_core.data.image_sets import image_set_digest, iter_image_set
+from franca_core.data.image_sets import iter_image_set
 from franca_core.dedup.digest import dataset_digest
 from franca_core.dedup.fingerprint import fingerprint_shards
 from franca_core.dedup.hashing import hash_images, phash_hex
 from franca_core.dedup.near_dup import deduplicate
-from tasks.data_io import fs_of, open_store, read_parquet, write_parquet
-from tasks.storage import StageResult, input_digest, is_local
+from tasks.common.contract import stage
+from tasks.common.digests import fs_of, is_local_fs
+from tasks.common.store import StageResult, Workspace
+from tasks.common.tables import read_parquet, write_parquet
 
 MANIFEST_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("shard", pa.string()), ("key", pa.string()), ("content_hash", pa.string()),
@@ -54,20 +56,14 @@ def _eval_fingerprints(paths: list[str], cfg: PipelineConfig) -> tuple[np.ndarra
     return np.concatenate(ph), np.concatenate(sig), names
 
 
-def dedup(cfg: PipelineConfig, downloaded: StageResult) -> StageResult:
-    """Deduplicate and decontaminate a download result; a no-op when already done for these inputs."""
-    store, dd = open_store(cfg), cfg.dedup
+@stage("dedup", reads=("dedup", "eval.datasets"), files=("dedup.eval_sets", "eval.datasets"), inputs=("shards",),
+       when={"eval.datasets": "dedup.include_eval_datasets"})
+def dedup(cfg: PipelineConfig, ws: Workspace, shards: StageResult) -> StageResult:
+    """Deduplicate and decontaminate a download result against the evaluation sets."""
+    downloaded, dd = shards, cfg.dedup
     paths = eval_set_paths(cfg)
-    try:
-        eval_digests = {p: image_set_digest(p) for p in paths}
-    except FileNotFoundError as exc:
-        raise ValueError(f"evaluation set for decontamination not found ({exc}); check dedup.eval_sets and "
-                         f"eval.datasets") from exc
-    digest = input_digest(dd, {"download": downloaded.digest, "eval_sets": eval_digests})
-    if (done := store.load("dedup", digest)) is not None:
-        return done
-    fs, shards = fs_of(downloaded.files["shards"])
-    tars = [p if is_local(fs) else fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{shards}/*.tar"))]
+    fs, folder = fs_of(downloaded.files["shards"])
+    tars = [p if is_local_fs(fs) else fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{folder}/*.tar"))]
     fp = fingerprint_shards(tars, dd.phash_size, dd.signature_size, dd.workers)
     if len(fp) == 0:
         raise ValueError(f"no image in the shards under {downloaded.files['shards']}")
@@ -94,15 +90,12 @@ def dedup(cfg: PipelineConfig, downloaded: StageResult) -> StageResult:
     dropped = [i for i in range(len(fp)) if not kept[i]]
     duplicates = pa.table({"sample_id": [fp.sample_id[i] for i in dropped], "reason": [reason[i] for i in dropped],
                            "duplicate_of": [dup_of[i] for i in dropped]})
-    with store.writing("dedup", digest) as tmp:
-        write_parquet(manifest, store.fs, f"{tmp}/manifest.parquet")
-        write_parquet(duplicates, store.fs, f"{tmp}/duplicates.parquet")
-    final = store.path("dedup", digest)
+    with ws.writing() as tmp:
+        write_parquet(manifest, ws.fs, f"{tmp}/manifest.parquet")
+        write_parquet(duplicates, ws.fs, f"{tmp}/duplicates.parquet")
     stats = {**downloaded.stats, **decisions.counts(), "kept": int(kept.sum()), "undecodable": int((~ok).sum()),
              "images": len(fp), "eval_images": len(eval_names)}
-    return store.publish(StageResult(
-        stage="dedup", uri=store.uri(final), input_digest=digest,
-        digest=dataset_digest((fp.sample_id[i], h.content_hash[i]) for i in range(len(fp)) if kept[i]), stats=stats,
-        files={**{k: v for k, v in downloaded.files.items() if k in ("subset", "shards", "download_stats", "samples")},
-               "manifest": store.uri(f"{final}/manifest.parquet"),
-               "duplicates": store.uri(f"{final}/duplicates.parquet")}))
+    kept_rows = ((fp.sample_id[i], h.content_hash[i]) for i in range(len(fp)) if kept[i])
+    return ws.result(dataset_digest(kept_rows), {
+        **{k: v for k, v in downloaded.files.items() if k in ("subset", "shards", "download_stats", "samples")},
+        "manifest": "manifest.parquet", "duplicates": "duplicates.parquet"}, stats)

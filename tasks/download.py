@@ -1,9 +1,10 @@
 """Stage 2 (download): subset Parquet -> webdataset shards with img2dataset, failures counted by cause.
 
-img2dataset runs in a child process (``tasks.img2dataset_run``) writing into ``<root>/download/.partial-<digest>/``
-in incremental mode, so a killed run resumes: finished shards are kept, the rest redone. When every shard is
-finished the shards move to ``<root>/download/<digest>/shards/`` with ``samples.parquet`` (one row per URL: key,
-shard, status, cause, original sha256) and ``img2dataset_stats.json``. Corpus URLs are served from the source
+img2dataset runs in a child process (``tasks.download_worker``) writing into the stage's scratch folder
+(``<root>/download/.work-<key>/shards/``, used under the stage's lock) in incremental mode, so a killed run resumes:
+finished shards are kept, the rest redone. When every shard is finished the shards move to
+``<root>/download/<key>/shards/`` with ``samples.parquet`` (one row per URL: key, shard, status, cause, original
+sha256) and ``img2dataset_stats.json``. Corpus URLs are served from the source
 folder on 127.0.0.1 for the duration of the run. The result's digest hashes the sorted (sample id, cause, sha256)
 rows: identical for a resumed and an uninterrupted run, although their tar files differ.
 """
@@ -28,9 +29,11 @@ from franca_core.data.corpus import PLACEHOLDER
 from franca_core.data.download_causes import CAUSES, SUCCESS
 from franca_core.data.img2dataset_io import finished_shards, merged_stats, read_download_log
 from infra.offline import offline_env
-from tasks.data_io import open_store, read_parquet, write_parquet
-from tasks.storage import StageResult, input_digest, move_tree, sha256_json
-from tasks.url_server import serve_folder
+from tasks.common.contract import stage
+from tasks.common.digests import sha256_json
+from tasks.common.store import StageResult, Workspace, move_tree
+from tasks.common.tables import read_parquet, write_parquet
+from tasks.download_server import serve_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,40 +73,37 @@ def img2dataset_spec(dl: DownloadConfig, url_list: str, output_folder: str) -> d
 
 
 def run_img2dataset(spec: dict[str, object], work: str) -> None:
-    """Run ``tasks.img2dataset_run`` on ``spec`` in a child process; its output goes to ``work/img2dataset.log``."""
+    """Run ``tasks.download_worker`` on ``spec`` in a child process; its output goes to ``work/img2dataset.log``."""
     spec_path, log_path = f"{work}/spec.json", f"{work}/img2dataset.log"
     Path(spec_path).write_text(json.dumps(spec))
     env = {**offline_env(), **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
         str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
     with open(log_path, "wb") as log:
-        rc = subprocess.run([sys.executable, "-m", "tasks.img2dataset_run", spec_path], stdout=log,
+        rc = subprocess.run([sys.executable, "-m", "tasks.download_worker", spec_path], stdout=log,
                             stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0:
         tail = Path(log_path).read_text(errors="replace")[-2000:]
         raise DownloadError(f"img2dataset exited with status {rc}; last output:\n{tail}")
 
 
-def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
-    """Download ``subset`` (a select result) with ``cfg.data.download``; a no-op when already done.
+@stage("download", reads=("data.download",), inputs=("subset",), retried=True)
+def download(cfg: PipelineConfig, ws: Workspace, subset: StageResult) -> StageResult:
+    """Download ``subset`` (a select result) with ``cfg.data.download``; resumes an interrupted download.
 
     Raises:
         DownloadError: no URL could be downloaded (the message gives the causes), or img2dataset failed.
     """
-    store, dl = open_store(cfg), cfg.data.download
-    digest = input_digest(dl, {"subset": subset.digest})
-    if (done := store.load("download", digest)) is not None:
-        return done
-    fs, partial = store.fs, store.path("download", f".partial-{digest}")
+    dl, fs, partial = cfg.data.download, ws.fs, ws.scratch("shards")
     rows = read_parquet(subset.files["subset"], columns=["sample_id", "url", "caption"])
     with tempfile.TemporaryDirectory(prefix="franca-download-") as work, \
             served_urls(rows.column("url").to_pylist(), subset.files.get("source_root")) as urls:
         rows = rows.set_column(rows.schema.get_field_index("url"), "url", pa.array(urls, pa.string()))
         pq.write_table(rows, f"{work}/urls.parquet")
-        run_img2dataset(img2dataset_spec(dl, f"{work}/urls.parquet", store.uri(f"{partial}/shards")), work)
+        run_img2dataset(img2dataset_spec(dl, f"{work}/urls.parquet", ws.store.uri(partial)), work)
     expected = math.ceil(rows.num_rows / dl.shard_size)
-    if (n_done := len(finished_shards(fs, f"{partial}/shards"))) < expected:
+    if (n_done := len(finished_shards(fs, partial))) < expected:
         raise DownloadError(f"img2dataset finished {n_done} of {expected} shards; run the stage again to resume")
-    log = read_download_log(fs, f"{partial}/shards")
+    log = read_download_log(fs, partial)
     causes = log.column("cause").to_pylist()
     counts = {c: causes.count(c) for c in CAUSES}
     if counts[SUCCESS] == 0:
@@ -111,24 +111,19 @@ def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
                             f"{ {c: n for c, n in counts.items() if n} }")
     out_digest = sha256_json(sorted(zip(log.column("sample_id").to_pylist(), causes,
                                         [h or "" for h in log.column("sha256").to_pylist()])))
-    final = store.path("download", digest)
     shard_names = [s.rsplit("/", 1)[-1] for s in log.column("shard").to_pylist()]
     samples = log.select(["sample_id", "key", "status", "cause", "error_message", "sha256", "width", "height",
                           "original_width", "original_height"])
-    samples = samples.append_column("shard", pa.array([store.uri(f"{final}/shards/{n}") for n in shard_names]))
-    stats_i2d = merged_stats(fs, f"{partial}/shards")
-    with store.writing("download", digest) as tmp:
-        if fs.exists(f"{partial}/shards/_tmp"):
-            fs.rm(f"{partial}/shards/_tmp", recursive=True)
-        move_tree(fs, f"{partial}/shards", f"{tmp}/shards")
+    samples = samples.append_column("shard", pa.array([ws.uri(f"shards/{n}") for n in shard_names]))
+    stats_i2d = merged_stats(fs, partial)
+    with ws.writing() as tmp:
+        if fs.exists(f"{partial}/_tmp"):
+            fs.rm(f"{partial}/_tmp", recursive=True)
+        move_tree(fs, partial, f"{tmp}/shards")
         write_parquet(samples.sort_by("sample_id"), fs, f"{tmp}/samples.parquet")
         with fs.open(f"{tmp}/img2dataset_stats.json", "w") as f:
             json.dump(stats_i2d, f, indent=1)
-    if fs.exists(partial):  # on object stores the emptied prefix is already gone
-        fs.rm(partial, recursive=True)
-    return store.publish(StageResult(
-        stage="download", uri=store.uri(final), input_digest=digest, digest=out_digest,
-        stats={**subset.stats, "attempted": len(causes), **counts},
-        files={**{k: v for k, v in subset.files.items() if k in ("subset", "source_root")},
-               "shards": store.uri(f"{final}/shards"), "download_stats": store.uri(f"{final}/img2dataset_stats.json"),
-               "samples": store.uri(f"{final}/samples.parquet")}))
+    return ws.result(out_digest, {
+        **{k: v for k, v in subset.files.items() if k in ("subset", "source_root")}, "shards": "shards",
+        "download_stats": "img2dataset_stats.json", "samples": "samples.parquet"},
+        {**subset.stats, "attempted": len(causes), **counts})

@@ -1,9 +1,9 @@
 """Stage 7: run the evaluation protocols on a model; report, tables and plots, logged to MLflow when a run is active.
 
-Plain function (the Prefect task wrapper is ``tasks.prefect_stages.evaluate_task``). Sets: ``eval.datasets`` (named
-``<group>-<split>``), else generated labelled + segmented images. The RASA matrix comes from the rasa output when
-given, else from the model file. Output ``<root>/evaluate/<input_digest>/``: ``report.json``, ``report.md`` and the
-PNG plots; ``stats["summary"]`` holds the headline figures (MLflow-safe keys) the flow puts on its parent run.
+Sets: ``eval.datasets`` (named ``<group>-<split>``; each enters the stage's key by its content), else generated
+labelled + segmented images. The RASA matrix comes from the rasa output. Output ``<root>/evaluate/<key>/``:
+``report.json``, ``report.md`` and the PNG plots; ``stats["summary"]`` holds the headline figures (MLflow-safe
+keys) the flow puts on its parent run.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from franca_core.config import PipelineConfig
 from franca_core.eval.evaluate import evaluate_backbone, open_sets, synthetic_sets
-from tasks.model_io import load_stage_model, rasa_matrix_of
-from tasks.storage import StageResult, StageStore, input_digest
-
-STAGE = "evaluate"
+from tasks.common.contract import stage
+from tasks.common.model_io import load_stage_model, rasa_matrix_of
+from tasks.common.store import StageResult, Workspace
 
 
 def headline(report: dict[str, Any]) -> dict[str, float]:
@@ -47,12 +44,6 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
     return {re.sub(r"[^\w\-./ ]", "_", k): float(v) for k, v in out.items() if v is not None}
 
 
-def _set_identity(path: str) -> str:
-    fs, p = fsspec.core.url_to_fs(path)
-    info = fs.info(p)
-    return f"{path}:{info.get('size')}:{info.get('mtime', info.get('LastModified', ''))}"
-
-
 def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
     """Metrics and the report folder, into the active MLflow run (if any)."""
     import mlflow
@@ -63,17 +54,14 @@ def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
     mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
 
-def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult | None = None) -> StageResult:
+@stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images"),
+       files=("eval.datasets",), inputs=("model", "rasa"), operational=("eval.cache_dir",))
+def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: StageResult) -> StageResult:
     """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
-    store = StageStore(cfg.storage.root)
-    sets_id = {name: _set_identity(path) for name, path in sorted(cfg.eval.datasets.items())}
-    digest = input_digest(cfg.eval, {"model": model.digest, "rasa": rasa.digest if rasa else "", **sets_id})
-    if (done := store.load(STAGE, digest)) is not None:
-        return done
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         loaded = load_stage_model(model, local / "in")
-        matrix = rasa_matrix_of(rasa, local / "in") if rasa is not None else loaded.rasa_matrix
+        matrix = rasa_matrix_of(rasa, local / "in")
         patch = loaded.model_cfg.patch_size
         sets = (open_sets(cfg.eval.datasets, patch, cfg.eval) if cfg.eval.datasets
                 else synthetic_sets(patch, n_images=min(200, cfg.data.synthetic.n_images),
@@ -83,12 +71,10 @@ def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult | None =
                                              cfg.train.heads.n_levels, matrix)
         summary = headline(report)
         _log_mlflow(summary, local / "report")
-        with store.writing(STAGE, digest) as out:
+        with ws.writing() as out:
             for path in files.values():
-                store.fs.put(str(path), f"{out}/{path.name}")
+                ws.fs.put(str(path), f"{out}/{path.name}")
         out_digest = hashlib.sha256(files["json"].read_bytes()).hexdigest()
-    final = store.path(STAGE, digest)
     stats = {"summary": summary, "timing": {k: v for k, v in report["timing"].items() if v is not None},
              "skipped": report["skipped"]}
-    return store.publish(StageResult(stage=STAGE, uri=store.uri(final), input_digest=digest, digest=out_digest,
-                                     stats=stats, files={k: store.uri(f"{final}/{p.name}") for k, p in files.items()}))
+    return ws.result(out_digest, {k: p.name for k, p in files.items()}, stats)

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from franca_core.checkpoint import load_checkpoint, save_checkpoint
-from franca_core.config import PipelineConfig, TrainConfig
+from franca_core.config import TrainConfig
 from franca_core.data.shards import ShardIndex, build_loader, derive_seed
 from franca_core.train.trainer import FrancaTrainer
 
@@ -57,8 +57,8 @@ class Progress:
 
 def _resume(trainer: FrancaTrainer, cfg: TrainConfig, world: int) -> tuple[Progress, int | None]:
     """Load the latest checkpoint, if any; returns the progress and the step resumed from."""
-    layout = {"world_size": world, "loader_workers": cfg.loader_workers, "batch_size": cfg.optim.batch_size,
-              "seed": cfg.seed}
+    layout: dict[str, Any] = {"world_size": world, "loader_workers": cfg.loader_workers,
+                              "batch_size": cfg.optim.batch_size, "seed": cfg.seed}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return Progress(**layout), None
@@ -145,9 +145,8 @@ def _progress_line(m: dict[str, Any], total: int, budget_s: float | None, starte
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one rank. ``config``: ``pipeline`` (PipelineConfig JSON), ``manifest``, ``run_uri``,
-    ``storage_options``."""
-    cfg = PipelineConfig.model_validate(config["pipeline"]).train
+    """Train one rank. ``config``: ``train`` (TrainConfig JSON), ``manifest``, ``run_uri``, ``storage_options``."""
+    cfg = TrainConfig.model_validate(config["train"])
     # Ray Train logs every report() at INFO with all its metrics; the progress line below says it in one line.
     logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     ctx = ray.train.get_context()

@@ -7,6 +7,7 @@
     franca bench quality --minutes 60         # k-NN of a wall-budget pretraining vs random init
     franca bench eval                         # the evaluation suite end to end on a tiny pretrained model
     franca bench pipeline                     # the demo's wall time by stage and the orchestration overhead
+    franca bench cache                        # content keys of a 1 GB file, a re-run served from the store
 
 ``franca bench NAME --help`` says what each one measures and its goal.
 """
@@ -31,6 +32,7 @@ BENCHMARKS: tuple[str, ...] = (
     "quality",
     "eval",
     "pipeline",
+    "cache",
 )
 
 

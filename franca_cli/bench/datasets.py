@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 
 from franca_core.data.shards import write_manifest, write_shards
 from franca_core.data.synthetic import iter_images
-from tasks.storage import StageResult, sha256_json
+from tasks.common.digests import sha256_json
+from tasks.common.store import StageResult
 
 # The ../shared/data folder beside the repository (franca_cli/bench/ -> franca_cli/ -> repo -> its parent).
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -66,7 +66,7 @@ def _fetch_all(urls: list[str], threads: int, work: str) -> float:
 def run(args: argparse.Namespace) -> int:
     """Print the download benchmark JSON."""
     from tasks.download import img2dataset_spec, run_img2dataset
-    from tasks.url_server import serve_folder
+    from tasks.download_server import serve_folder
 
     cfg = config_from_args(args)
     syn = cfg.data.synthetic.model_copy(update={

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo config in-process (or read ``--flow-run``) and print its timing JSON."""
     from franca_core.config import load_config
-    from tasks.tracking import tracking_uri
+    from tasks.common.tracking import tracking_uri
 
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(StackSettings.resolve().result_storage))
     profile, flow_run_id = args.config or args.profile, args.flow_run

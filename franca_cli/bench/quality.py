@@ -35,7 +35,8 @@ from franca_core.eval.features import extract_features
 from franca_core.eval.knn import knn_top1
 from franca_core.models.student_teacher import build_model
 from franca_core.train.driver import initial_backbone
-from tasks.storage import StageResult, sha256_json
+from tasks.common.digests import sha256_json
+from tasks.common.store import StageResult
 
 HELP = "pretrain on tinyimagenet-train for a wall budget, k-NN vs random init"
 SETS = ("tinyimagenet-train", "tinyimagenet-val", "caltech101-train", "caltech101-test")
@@ -157,7 +158,7 @@ def run_summary(result: StageResult, t: TrainConfig, out: dict[str, Any], eval_m
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain for the budget (or reuse the cached run), read every model out by k-NN, print the JSON."""
-    from tasks.pretrain import pretrain
+    from tasks.common.runner import run_stage
 
     data, work = Path(args.data), Path(args.work).resolve()
     sets = {name: data / f"{name}.parquet" for name in SETS}
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     _log(f"writing shards of {sets['tinyimagenet-train']} under {work / 'shards'}")
     dataset = shard_dataset(parquet_records(sets["tinyimagenet-train"]), work / "shards")
     t0 = time.perf_counter()
-    result = pretrain(cfg, dataset)
+    result = run_stage("pretrain", cfg, dataset=dataset)
     _log(f"pretrained {result.stats['steps']} steps in {result.stats['train_minutes']:.1f} min; evaluating")
     t = cfg.train
     # The architecture's own resolution (model.img_size), not the training crops': a profile may train its globals

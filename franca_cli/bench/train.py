@@ -22,7 +22,7 @@ from franca_cli.bench.datasets import DATA, parquet_records, shard_dataset, synt
 from franca_cli.options import add_config_options, config_from_args
 from franca_core.config import PipelineConfig, TrainConfig, merge
 from franca_core.data.shards import ShardIndex, build_loader
-from tasks.storage import StageResult
+from tasks.common.store import StageResult
 
 HELP = "pretrain images/s with 1 and 2 Ray workers, and the loader alone"
 
@@ -62,7 +62,7 @@ def worker_config(cfg: PipelineConfig, root: Path, workers: int, args: argparse.
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain with 1 then 2 workers, time the loader alone after each; print the JSON."""
-    from tasks.pretrain import pretrain
+    from tasks.common.runner import run_stage
 
     cfg = config_from_args(args)
     with tempfile.TemporaryDirectory(prefix="franca-bench-") as tmp:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         for workers in (1, 2):
             run_cfg = worker_config(cfg, work / f"store-{workers}", workers, args)
             t0 = time.perf_counter()
-            stats = pretrain(run_cfg, dataset).stats
+            stats = run_stage("pretrain", run_cfg, dataset=dataset).stats
             per_rank = stats["images_per_s"] / workers
             loader = loader_images_per_s(dataset, run_cfg.train, batches=8)
             out[f"workers_{workers}"] = {

@@ -1,11 +1,14 @@
-"""Test-only stand-ins for the stage functions: tiny files through StageStore, call counts, same signatures.
+"""Test-only stand-ins for the stage functions: the real declarations (reads, inputs, code), tiny outputs.
 
-They let the orchestration (caching, MLflow lineage, registration) be unit-tested in seconds; the end-to-end tests
-use the real stages.
+They let the orchestration (caching, MLflow lineage, registration) be tested in seconds; the end-to-end tests use the
+real stages. Each fake keeps its real stage's declaration, so keys, views and hit checks are the real ones; register
+is the real stage (it only talks to MLflow).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import sys
 import types
@@ -13,81 +16,47 @@ from collections import Counter
 from typing import Any
 
 from franca_core.config import PipelineConfig
-from tasks.storage import StageResult, StageStore, input_digest, sha256_json
+from tasks.common.digests import sha256_json
+from tasks.common.store import StageResult, Workspace
 
 CALLS: Counter[str] = Counter()
+FILES: dict[str, dict[str, bytes]] = {
+    "source": {"metadata.parquet": b"url,caption\nhttp://x/1,a\n"},
+    "select": {"subset.parquet": b"subset"},
+    "download": {"stats.json": b"{}", "00000.tar": b"tar"},
+    "dedup": {"manifest.parquet": b"manifest"},
+    "pretrain": {"backbone.safetensors": b"weights" * 10},
+    "highres": {"backbone.safetensors": b"hr-weights"},
+    "rasa": {"rasa.safetensors": b"matrix"},
+}
 
 
-def _stage(name: str, cfg: PipelineConfig, section: Any, upstream: list[StageResult],
-           files: dict[str, bytes]) -> StageResult:
-    CALLS[name] += 1
-    store = StageStore(cfg.storage.root)
-    digest = input_digest(section, {u.stage: u.digest for u in upstream})
-    if (done := store.load(name, digest)) is not None:
-        return done
-    with store.writing(name, digest) as tmp:
-        for fname, data in files.items():
-            with store.fs.open(f"{tmp}/{fname}", "wb") as f:
-                f.write(data)
-    final = store.path(name, digest)
-    result = StageResult(stage=name, uri=final, input_digest=digest,
-                         digest=sha256_json({k: v.hex() for k, v in files.items()}),
-                         stats={"items": len(files), "seconds": 0.01, "summary": {"knn_top1": 0.5}}
-                         if name == "evaluate" else {"items": len(files), "seconds": 0.01},
-                         files={k.split(".")[0]: f"{final}/{k}" for k in files})
-    return store.publish(result)
-
-
-def source(cfg: PipelineConfig) -> StageResult:
-    return _stage("source", cfg, cfg.data.synthetic, [], {"metadata.parquet": b"url,caption\nhttp://x/1,a\n"})
-
-
-def select(cfg: PipelineConfig, urls: StageResult) -> StageResult:
-    return _stage("select", cfg, cfg.data.select, [urls], {"subset.parquet": b"subset"})
-
-
-def download(cfg: PipelineConfig, subset: StageResult) -> StageResult:
-    return _stage("download", cfg, cfg.data.download, [subset], {"stats.json": b"{}", "00000.tar": b"tar"})
-
-
-def dedup(cfg: PipelineConfig, shards: StageResult) -> StageResult:
-    return _stage("dedup", cfg, cfg.dedup, [shards], {"manifest.parquet": b"manifest"})
-
-
-def eval_set_paths(cfg: PipelineConfig) -> list[str]:
-    return []
-
-
-def pretrain(cfg: PipelineConfig, dataset: StageResult) -> StageResult:
-    return _stage("pretrain", cfg, cfg.train, [dataset], {"backbone.safetensors": b"weights" * 10})
-
-
-def fit_rasa(cfg: PipelineConfig, model: StageResult, dataset: StageResult) -> StageResult:
-    return _stage("rasa", cfg, cfg.rasa, [model, dataset], {"rasa.safetensors": b"matrix"})
-
-
-def adapt_highres(cfg: PipelineConfig, model: StageResult, dataset: StageResult) -> StageResult:
-    return _stage("highres", cfg, cfg.highres, [model, dataset], {"backbone.safetensors": b"hr-weights"})
-
-
-def evaluate(cfg: PipelineConfig, model: StageResult, rasa: StageResult) -> StageResult:
-    report = json.dumps({"knn_top1": 0.5, "k": cfg.eval.knn_k}).encode()
-    return _stage("evaluate", cfg, cfg.eval, [model, rasa], {"report.json": report})
-
-
-MODULES = {"tasks.source": ["source"], "tasks.select_subset": ["select"], "tasks.download": ["download"],
-           "tasks.dedup": ["dedup", "eval_set_paths"], "tasks.pretrain": ["pretrain"], "tasks.fit_rasa": ["fit_rasa"],
-           "tasks.adapt_highres": ["adapt_highres"], "tasks.evaluate": ["evaluate"]}
+def _fake(name: str):
+    def run(cfg: PipelineConfig, ws: Workspace, **inputs: StageResult) -> StageResult:
+        CALLS[name] += 1
+        files = dict(FILES.get(name, {}))
+        if name == "evaluate":
+            files["report.json"] = json.dumps({"knn_top1": 0.5, "k": cfg.eval.knn_k}).encode()
+        with ws.writing() as tmp:
+            for fname, data in files.items():
+                with ws.fs.open(f"{tmp}/{fname}", "wb") as f:
+                    f.write(data)
+        stats: dict[str, Any] = {"items": len(files), "seconds": 0.01}
+        if name == "evaluate":
+            stats["summary"] = {"knn_top1": 0.5}
+        return ws.result(sha256_json({k: v.hex() for k, v in files.items()}),
+                         {k.split(".")[0]: k for k in files}, stats)
+    return run
 
 
 def install(monkeypatch: Any, only: tuple[str, ...] | None = None) -> Counter[str]:
-    """Put the fakes in place of the stage modules (or of ``only`` these) for one test; returns the call counter."""
+    """Put fakes in place of the stage functions (or of ``only`` these) for one test; returns the call counter."""
     CALLS.clear()
-    for module, names in MODULES.items():
-        if only is not None and module not in only:
+    for name in ("source", "select", "download", "dedup", "pretrain", "highres", "rasa", "evaluate"):
+        if only is not None and name not in only:
             continue
-        fake = types.ModuleType(module)
-        for name in names:
-            setattr(fake, name, globals()[name])
-        monkeypatch.setitem(sys.modules, module, fake)
+        real = importlib.import_module(f"tasks.{name}")
+        fake = types.ModuleType(f"tasks.{name}")
+        setattr(fake, name, dataclasses.replace(getattr(real, name), fn=_fake(name)))
+        monkeypatch.setitem(sys.modules, f"tasks.{name}", fake)
     return CALLS

@@ -16,10 +16,11 @@ import mlflow
 import pytest
 
 from franca_core.config import ConfigError, load_config
-from tasks import lineage
-from tasks.stage_runner import StageInputs, Tracked
-from tasks.storage import StageResult
-from tasks.tracking import TAG, redact, redact_tree
+from tasks.common import lineage
+from tasks.common.contract import load_stage
+from tasks.common.redact import redact, redact_tree
+from tasks.common.store import StageResult
+from tasks.common.tracking import TAG
 
 # Loaded by path: the test suite runs in importlib mode, where test folders are not on sys.path.
 _spec = importlib.util.spec_from_file_location("fake_stages", Path(__file__).with_name("fake_stages.py"))
@@ -30,20 +31,18 @@ STAGES = {"source", "select", "download", "dedup", "pretrain", "rasa", "highres"
 
 
 # ------------------------------------------------------------------------------------------------ unit
-def test_stage_inputs__key_ignores_parent_run_and_upstream_run_ids() -> None:
+def test_stage_key__ignores_run_ids_and_undeclared_sections() -> None:
     cfg = load_config("tiny")
-    result = StageResult(stage="dedup", uri="/x", input_digest="a" * 64, digest="b" * 64)
-    policy = StageInputs(sections=("train",))
-    key = policy.compute_key(None, {"cfg": cfg, "dataset": Tracked(result=result, run_id="r1"),  # type: ignore[arg-type]
-                                    "parent_run_id": "p1"}, {})
-    same = policy.compute_key(None, {"cfg": cfg, "dataset": Tracked(result=result.model_copy(update={"cached": True}),  # type: ignore[arg-type]
-                                                                    run_id="r2"), "parent_run_id": "p2"}, {})
-    other_eval = policy.compute_key(None, {"cfg": load_config("tiny", ["eval.knn_k=[5]"]),  # type: ignore[arg-type]
-                                           "dataset": Tracked(result=result, run_id="r1"), "parent_run_id": "p1"}, {})
-    other_train = policy.compute_key(None, {"cfg": load_config("tiny", ["train.seed=3"]),  # type: ignore[arg-type]
-                                            "dataset": Tracked(result=result, run_id="r1"), "parent_run_id": "p1"}, {})
-    assert key == same == other_eval
-    assert key != other_train
+    pretrain = load_stage("pretrain")
+    result = StageResult(stage="dedup", uri="/x", input_digest="a" * 64, digest="b" * 64, run_id="r1")
+    key = pretrain.key(cfg, {"dataset": result}).digest
+    same = pretrain.key(cfg, {"dataset": result.model_copy(update={"cached": True, "run_id": "r2"})}).digest
+    other_eval = pretrain.key(load_config("tiny", ["eval.knn_k=[5]"]), {"dataset": result}).digest
+    operational = pretrain.key(load_config("tiny", ["train.log_every=7"]), {"dataset": result}).digest
+    other_train = pretrain.key(load_config("tiny", ["train.seed=3"]), {"dataset": result}).digest
+    other_input = pretrain.key(cfg, {"dataset": result.model_copy(update={"digest": "c" * 64})}).digest
+    assert key == same == other_eval == operational
+    assert len({key, other_train, other_input}) == 3
 
 
 def test_redact__masks_credentials_in_uris_and_secret_keys() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from franca_core.config import PipelineConfig, load_config
-from tasks.storage import StageResult
+from tasks.common.store import StageResult
 
 # ~400 rows: 12 exact + 12 near duplicates, 8 dead URLs, 4 corrupt, 2 non-image, 2 bombs, 8 filtered; 8 shards.
 DATA_OVERRIDES = ["data.synthetic.n_images=400", "data.synthetic.image_size=64", "data.download.shard_size=50",
@@ -41,13 +41,10 @@ class DataRun:
 @pytest.fixture(scope="session")
 def data_run(tmp_path_factory: pytest.TempPathFactory) -> DataRun:
     """source -> select -> download -> dedup on a generated corpus, in a local store (once per session)."""
-    from tasks.dedup import dedup
-    from tasks.download import download
-    from tasks.select_subset import select
-    from tasks.source import source
+    from tasks.common.runner import run_stage
 
     cfg = data_config(tmp_path_factory.mktemp("store"))
-    src = source(cfg)
-    subset = select(cfg, src)
-    downloaded = download(cfg, subset)
-    return DataRun(cfg, src, subset, downloaded, dedup(cfg, downloaded))
+    src = run_stage("source", cfg)
+    subset = run_stage("select", cfg, urls=src)
+    downloaded = run_stage("download", cfg, subset=subset)
+    return DataRun(cfg, src, subset, downloaded, run_stage("dedup", cfg, shards=downloaded))

@@ -10,11 +10,9 @@ import pytest
 from franca_core.data.corpus import score_dedup
 from franca_core.dedup.digest import dataset_digest
 from franca_core.dedup.fingerprint import fingerprint_shards
-from tasks.data_io import read_parquet
-from tasks.dedup import MANIFEST_SCHEMA, dedup
-from tasks.download import download
-from tasks.select_subset import select
-from tasks.source import source
+from tasks.common.runner import run_stage
+from tasks.common.tables import read_parquet
+from tasks.dedup import MANIFEST_SCHEMA
 
 
 def test_dedup__manifest_columns_and_digest(data_run) -> None:
@@ -48,15 +46,15 @@ def test_dedup__stats_carry_every_cause(data_run) -> None:
 
 
 def test_dedup__rerun_is_a_noop_with_the_same_digest(data_run) -> None:
-    again = dedup(data_run.cfg, data_run.downloaded)
+    again = run_stage("dedup", data_run.cfg, shards=data_run.downloaded)
     assert again.cached and again.digest == data_run.deduped.digest
 
 
 def test_dedup__missing_eval_set_named(data_run) -> None:
     cfg = data_run.cfg.model_copy(update={"dedup": data_run.cfg.dedup.model_copy(
         update={"eval_sets": ["/nonexistent/eval.parquet"]})})
-    with pytest.raises(ValueError, match="/nonexistent/eval.parquet"):
-        dedup(cfg, data_run.downloaded)
+    with pytest.raises(FileNotFoundError, match="dedup.eval_sets names '/nonexistent/eval.parquet'"):
+        run_stage("dedup", cfg, shards=data_run.downloaded)
 
 
 @pytest.mark.slow
@@ -65,8 +63,9 @@ def test_dedup__decontaminates_planted_copies_of_eval_images(shared_data: Path, 
     val = str(shared_data / "tinyimagenet-val.parquet")
     cfg = make_data_config(tmp_path / "store", "data.synthetic.n_images=150", "data.synthetic.contaminate_count=12",
                            f"data.synthetic.contaminate_from={val}", f"dedup.eval_sets=[{val}]")
-    src = source(cfg)
-    result = dedup(cfg, download(cfg, select(cfg, src)))
+    src = run_stage("source", cfg)
+    downloaded = run_stage("download", cfg, subset=run_stage("select", cfg, urls=src))
+    result = run_stage("dedup", cfg, shards=downloaded)
     manifest = pq.read_table(result.files["manifest"], columns=["sample_id", "reason"]).to_pydict()
     reason = dict(zip(manifest["sample_id"], manifest["reason"]))
     faults = read_parquet(src.files["annotations"], columns=["sample_id", "fault"]).to_pydict()

@@ -16,12 +16,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from franca_core.data.corpus import PLACEHOLDER
-from tasks.data_io import read_parquet
-from tasks.dedup import dedup
-from tasks.download import DownloadError, download
-from tasks.select_subset import select_subset
-from tasks.storage import StageStore, input_digest
-from tasks.url_server import serve_folder
+from tasks.common.contract import load_stage
+from tasks.common.runner import run_stage
+from tasks.common.store import StageResult, StageStore
+from tasks.common.tables import read_parquet
+from tasks.download import DownloadError
+from tasks.download_server import serve_folder
+
+
+def download(cfg, subset: StageResult) -> StageResult:
+    return run_stage("download", cfg, subset=subset)
+
+
+def select_subset(cfg, metadata: str) -> StageResult:
+    """source (a snapshot of ``metadata``) -> select."""
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": metadata})})
+    return run_stage("select", cfg, urls=run_stage("source", cfg))
+
 
 PLANTED_CAUSES = {"dead_url": "dead_url", "corrupt": "corrupt", "non_image": "non_image",
                   "decompression_bomb": "decompression_bomb"}
@@ -88,10 +99,10 @@ def test_download__all_urls_dead_is_one_clear_error(tmp_path: Path, make_data_co
 _CHILD = """
 import sys
 from franca_core.config import PipelineConfig
-from tasks.download import download
-from tasks.storage import StageResult
+from tasks.common.runner import run_stage
+from tasks.common.store import StageResult
 cfg = PipelineConfig.model_validate_json(open(sys.argv[1]).read())
-download(cfg, StageResult.model_validate_json(open(sys.argv[2]).read()))
+run_stage("download", cfg, subset=StageResult.model_validate_json(open(sys.argv[2]).read()))
 """
 
 
@@ -108,19 +119,21 @@ def test_download__killed_mid_way_resumes_to_the_same_digest(data_run, tmp_path:
         (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
         (tmp_path / "subset.json").write_text(subset.model_dump_json())
         store = StageStore(cfg.storage.root)
-        partial = Path(store.path("download", f".partial-{input_digest(cfg.data.download, {'subset': subset.digest})}"))
+        key = load_stage("download").key(cfg, {"subset": subset}).digest
+        partial = Path(store.scratch("download", key, "shards"))
         child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "cfg.json"),
                                   str(tmp_path / "subset.json")], start_new_session=True)
         try:
             deadline = time.monotonic() + 240
-            while not list((partial / "shards").glob("*_stats.json")):
+            while not list(partial.glob("*_stats.json")):
                 assert child.poll() is None, "the download finished or failed before it could be interrupted"
                 assert time.monotonic() < deadline, "no shard finished within 240 s"
                 time.sleep(0.05)
         finally:
             os.killpg(child.pid, signal.SIGKILL)  # the stage and its img2dataset child, mid-way
             child.wait()
-        finished = {p.name: json.loads(p.read_text())["start_time"] for p in (partial / "shards").glob("*_stats.json")}
+        finished = {p.name: json.loads(p.read_text())["start_time"] for p in partial.glob("*_stats.json")}
+        assert Path(store.base, "download", f".lock-{key}").is_file()  # the killed run's lock, left behind
         assert 0 < len(finished) < 8, finished
         server.delay_s = 0.0
         resumed = download(cfg, subset)
@@ -130,4 +143,5 @@ def test_download__killed_mid_way_resumes_to_the_same_digest(data_run, tmp_path:
     assert len(after) == 8 and all(after[name] == t for name, t in finished.items())  # finished shards were kept
     assert Counter(read_parquet(resumed.files["samples"]).column("cause").to_pylist())["success"] == \
         data_run.downloaded.stats["success"]
-    assert dedup(cfg, resumed).digest == data_run.deduped.digest
+    assert not Path(store.base, "download", f".lock-{key}").exists() and not partial.exists()
+    assert run_stage("dedup", cfg, shards=resumed).digest == data_run.deduped.digest

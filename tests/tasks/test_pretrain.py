@@ -32,9 +32,16 @@ from franca_core.data.synthetic import iter_images
 from franca_core.models.backbone import build_backbone
 from franca_core.models.student_teacher import build_student_teacher
 from infra.offline import offline_env, ray_home
-from tasks.pretrain import STAGE, pretrain, run_identity
+from tasks.common.runner import run_stage
+from tasks.common.store import StageResult
+from tasks.pretrain import pretrain as pretrain_stage
 from tasks.pretrain_loop import weights_digest
-from tasks.storage import StageResult, input_digest
+
+STAGE = "pretrain"
+
+
+def pretrain(cfg: PipelineConfig, dataset: StageResult) -> StageResult:
+    return run_stage(STAGE, cfg, dataset=dataset)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
@@ -101,9 +108,10 @@ def _ray_env(**extra: str) -> dict[str, str]:
 
 # A driver process of its own: a restart after SIGKILL, and a fresh process for RAY_ADDRESS (Ray reads its
 # authentication mode once per process, at import).
-DRIVER = ("import json, sys; from franca_core.config import build_config; from tasks.storage import StageResult; "
-          "from tasks.pretrain import pretrain; r = pretrain(build_config(json.load(open(sys.argv[1]))), "
-          "StageResult.model_validate_json(open(sys.argv[2]).read())); print('RESULT', r.model_dump_json())")
+DRIVER = ("import json, sys; from franca_core.config import build_config; from tasks.common.store import StageResult; "
+          "from tasks.common.runner import run_stage; cfg = build_config(json.load(open(sys.argv[1]))); "
+          "r = run_stage('pretrain', cfg, dataset=StageResult.model_validate_json(open(sys.argv[2]).read())); "
+          "print('RESULT', r.model_dump_json())")
 
 
 def _driver_inputs(tmp_path: Path, cfg: PipelineConfig, dataset: StageResult) -> tuple[Path, Path]:
@@ -185,7 +193,7 @@ def test_pretrain__two_node_cluster(dataset: StageResult, tmp_path: Path, two_no
 def test_pretrain__resumes_after_driver_killed(dataset: StageResult, tmp_path: Path) -> None:
     cfg = _cfg(tmp_path / "store", "train.optim.total_steps=8", "train.log_every=1", "train.num_workers=1")
     config_file, dataset_file = _driver_inputs(tmp_path, cfg, dataset)
-    digest = input_digest(run_identity(cfg.train), {"dataset": dataset.digest})
+    digest = pretrain_stage.key(cfg, {"dataset": dataset}).digest
     run = tmp_path / "store" / STAGE / digest / "ray" / f"{STAGE}-{digest[:16]}"
     ray_tmp = tempfile.mkdtemp(prefix="frk-")
     log = (tmp_path / "driver.log").open("w")

@@ -13,14 +13,18 @@ from PIL import Image
 
 from franca_core.data.corpus import PLACEHOLDER, jpeg
 from franca_core.data.synthetic import render_image
-from tasks.data_io import read_parquet, sha256_uri
-from tasks.select_subset import select
-from tasks.source import source
+from tasks.common.digests import sha256_file
+from tasks.common.runner import run_stage
+from tasks.common.tables import read_parquet
+
+
+def source(cfg):
+    return run_stage("source", cfg)
 
 
 def test_source__synthetic_rerun_is_a_noop(data_run) -> None:
     again = source(data_run.cfg)
-    assert again.cached and again.digest == data_run.source.digest == sha256_uri(data_run.source.files["metadata"])
+    assert again.cached and again.digest == data_run.source.digest == sha256_file(data_run.source.files["metadata"])
     assert data_run.source.stats["rows"] == 400 and Path(data_run.source.files["www"]).is_dir()
 
 
@@ -35,16 +39,26 @@ def test_source__image_folder_served_as_corpus(tmp_path: Path, make_data_config)
     assert sorted(read_parquet(src.files["annotations"]).column("label_name").to_pylist()) == ["cat", "cat", "dog"]
     served = Path(src.uri) / meta[0]["url"][len(PLACEHOLDER):]
     assert Image.open(io.BytesIO(served.read_bytes())).size == (48, 48)
-    assert select(cfg, src).stats["selected"] == 3
+    assert run_stage("select", cfg, urls=src).stats["selected"] == 3
 
 
-def test_source__laion_metadata_used_where_it_is(tmp_path: Path, make_data_config) -> None:
+def _laion(path: Path, n: int) -> None:
+    pq.write_table(pa.table({"URL": [f"http://127.0.0.1:9/{i}.jpg" for i in range(n)], "TEXT": ["a"] * n,
+                             "WIDTH": [64] * n, "HEIGHT": [64] * n, "similarity": [0.4] * n, "punsafe": [0.0] * n,
+                             "pwatermark": [0.0] * n}), path)
+
+
+def test_source__laion_metadata_snapshot_keyed_by_content(tmp_path: Path, make_data_config) -> None:
     meta = tmp_path / "laion.parquet"
-    pq.write_table(pa.table({"URL": ["http://127.0.0.1:9/a.jpg"], "TEXT": ["a"], "WIDTH": [64], "HEIGHT": [64],
-                             "similarity": [0.4], "punsafe": [0.0], "pwatermark": [0.0]}), meta)
-    src = source(make_data_config(tmp_path / "store", f"data.source={meta}"))
-    assert src.files["metadata"] == str(meta) and src.digest == sha256_uri(str(meta))
-    assert not (tmp_path / "store" / "source").exists()
+    _laion(meta, 1)
+    cfg = make_data_config(tmp_path / "store", f"data.source={meta}")
+    src = source(cfg)
+    assert src.files["metadata"].startswith(str(tmp_path / "store" / "source"))  # a snapshot, not the original
+    assert src.digest == sha256_file(str(meta)) == sha256_file(src.files["metadata"])
+    _laion(meta, 3)  # rewritten in place: same path, new content
+    again = source(cfg)
+    assert not again.cached and again.input_digest != src.input_digest and again.digest == sha256_file(str(meta))
+    assert again.stats["rows"] == 3 and source(cfg).cached
 
 
 def test_source__missing_source_named(tmp_path: Path, make_data_config) -> None:

@@ -1,8 +1,7 @@
 """Stage 1 (select): LAION-style metadata Parquet -> filtered, deterministically sampled subset Parquet.
 
-Output ``<root>/select/<input-digest>/subset.parquet``; the input digest covers ``data.select`` and the sha256 of the
-metadata file, the result's digest is the sha256 of ``subset.parquet``. Corpus URLs (``corpus.PLACEHOLDER``) are
-resolved against the metadata's folder, recorded as ``files["source_root"]`` for the download stage.
+Output ``<root>/select/<key>/subset.parquet``; the result's digest is its sha256. Corpus URLs (``corpus.PLACEHOLDER``)
+are resolved against the source's ``files["source_root"]``, passed on to the download stage.
 """
 
 from __future__ import annotations
@@ -13,8 +12,10 @@ import pyarrow as pa
 
 from franca_core.config import PipelineConfig
 from franca_core.data.laion import LAION_COLUMNS, MetadataError, filter_rows, normalise, sample_rows
-from tasks.data_io import open_store, read_parquet, sha256_uri, write_parquet
-from tasks.storage import StageResult, input_digest
+from tasks.common.contract import stage
+from tasks.common.digests import sha256_file
+from tasks.common.store import StageResult, Workspace
+from tasks.common.tables import read_parquet, write_parquet
 
 
 def _read_metadata(uri: str) -> pa.Table:
@@ -26,20 +27,14 @@ def _read_metadata(uri: str) -> pa.Table:
         raise MetadataError(f"metadata {uri!r} is not a readable Parquet file: {exc}") from exc
 
 
-def select_subset(cfg: PipelineConfig, metadata_uri: str) -> StageResult:
-    """Filter and sample ``metadata_uri`` with ``cfg.data.select``; a no-op when already done for these inputs.
+@stage("select", reads=("data.select",), inputs=("urls",))
+def select(cfg: PipelineConfig, ws: Workspace, urls: StageResult) -> StageResult:
+    """Filter and sample the source's metadata Parquet with ``cfg.data.select``.
 
     Raises:
         MetadataError: missing file or columns, no rows, or no row passing the filters (the message says which).
     """
-    store = open_store(cfg)
-    try:
-        meta_digest = sha256_uri(metadata_uri)
-    except FileNotFoundError as exc:
-        raise MetadataError(f"metadata Parquet {metadata_uri!r} does not exist") from exc
-    digest = input_digest(cfg.data.select, {"metadata": meta_digest})
-    if (done := store.load("select", digest)) is not None:
-        return done
+    metadata_uri = urls.files["metadata"]
     table = normalise(_read_metadata(metadata_uri), metadata_uri)
     keep, dropped = filter_rows(table, cfg.data.select)
     if not keep.any():
@@ -49,18 +44,11 @@ def select_subset(cfg: PipelineConfig, metadata_uri: str) -> StageResult:
     subset = sample_rows(passing, cfg.data.select.target_count, cfg.data.select.seed)
     columns = [c for c in LAION_COLUMNS if c in subset.column_names]
     subset = subset.select(columns + [c for c in subset.column_names if c not in columns])
-    with store.writing("select", digest) as tmp:
-        write_parquet(subset, store.fs, f"{tmp}/subset.parquet")
-    final = store.path("select", digest)
-    subset_uri = store.uri(f"{final}/subset.parquet")
+    with ws.writing() as tmp:
+        write_parquet(subset, ws.fs, f"{tmp}/subset.parquet")
     stats = {"rows_in": table.num_rows, "filtered": int(sum(dropped.values())),
              **{f"filtered_{k}": v for k, v in dropped.items()},
              "not_sampled": passing.num_rows - subset.num_rows, "selected": subset.num_rows}
-    return store.publish(StageResult(
-        stage="select", uri=store.uri(final), input_digest=digest, digest=sha256_uri(subset_uri), stats=stats,
-        files={"subset": subset_uri, "metadata": metadata_uri, "source_root": posixpath.dirname(metadata_uri)}))
-
-
-def select(cfg: PipelineConfig, source: StageResult) -> StageResult:
-    """``select_subset`` on the metadata Parquet of a source stage's result."""
-    return select_subset(cfg, source.files["metadata"])
+    source_root = urls.files.get("source_root", posixpath.dirname(metadata_uri))
+    return ws.result(sha256_file(ws.uri("subset.parquet")),
+                     {"subset": "subset.parquet", "metadata": metadata_uri, "source_root": source_root}, stats)

@@ -1,4 +1,4 @@
-"""``python -m tasks.img2dataset_run SPEC.json``: one ``img2dataset.download`` call in its own process.
+"""``python -m tasks.download_worker SPEC.json``: one ``img2dataset.download`` call in its own process.
 
 The download stage runs img2dataset in a child process so that a killed download leaves only finished shards
 (``*_stats.json``) and unfinished files that img2dataset's incremental mode redoes on the next run. The spec is

@@ -1,4 +1,4 @@
-"""Stage 1 (tasks/select_subset.py): filters, sampling, digests, and one clear error per bad input."""
+"""Stage 1 (tasks/select.py): filters, sampling, digests, and one clear error per bad input."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from franca_core.data.laion import MetadataError
-from tasks.data_io import StorageError, read_parquet
-from tasks.select_subset import select_subset
+from tasks.common.runner import run_stage
+from tasks.common.store import StageResult, StorageError
+from tasks.common.tables import read_parquet
+
+
+def select_subset(cfg, metadata: str) -> StageResult:
+    """The source stage on ``metadata``, then select on its snapshot."""
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": metadata})})
+    return run_stage("select", cfg, urls=run_stage("source", cfg))
 
 
 def _metadata(path: Path, n: int = 10, **override: list) -> str:
@@ -30,7 +37,7 @@ def test_select_subset__filters_planted_rows_and_records_counts(data_run) -> Non
 
 
 def test_select_subset__rerun_is_a_noop_with_the_same_digest(data_run) -> None:
-    again = select_subset(data_run.cfg, data_run.source.files["metadata"])
+    again = run_stage("select", data_run.cfg, urls=data_run.source)
     assert again.cached and again.digest == data_run.subset.digest
 
 
@@ -55,19 +62,20 @@ def _not_parquet(path: Path) -> str:
     return str(path)
 
 
-BAD_INPUTS: dict[str, tuple[Callable[[Path], str], str]] = {
-    "missing_file": (_absent, "does not exist"),
-    "empty": (lambda p: _metadata(p, 0), "holds no rows"),
-    "missing_columns": (_no_columns, r"lacks column\(s\) \['width', 'height'"),
-    "zero_rows_after_filtering": (lambda p: _metadata(p, 5, similarity=[0.0] * 5), "passes the select filters"),
-    "not_parquet": (_not_parquet, "not a readable Parquet"),
+BAD_INPUTS: dict[str, tuple[Callable[[Path], str], type[Exception], str]] = {
+    "missing_file": (_absent, FileNotFoundError, "data.source names .* which does not exist"),
+    "empty": (lambda p: _metadata(p, 0), MetadataError, "holds no rows"),
+    "missing_columns": (_no_columns, MetadataError, r"lacks column\(s\) \['width', 'height'"),
+    "zero_rows_after_filtering": (lambda p: _metadata(p, 5, similarity=[0.0] * 5), MetadataError,
+                                  "passes the select filters"),
+    "not_parquet": (_not_parquet, MetadataError, "not a readable Parquet"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_select_subset__bad_input_one_clear_error(tmp_path: Path, case: str, make_data_config) -> None:
-    make, match = BAD_INPUTS[case]
-    with pytest.raises(MetadataError, match=match):
+    make, error, match = BAD_INPUTS[case]
+    with pytest.raises(error, match=match):
         select_subset(make_data_config(tmp_path / "store"), make(tmp_path / "m.parquet"))
 
 

@@ -16,11 +16,12 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from tasks.digests import uri_digest
-from tasks.storage import RESULT_FILE, StageResult
-from tasks.tracking import TAG
+from tasks.common.contract import STAGE_NAMES
+from tasks.common.digests import uri_digest
+from tasks.common.store import RESULT_FILE, StageResult
+from tasks.common.tracking import TAG
 
-STAGE_ORDER = ("source", "select", "download", "dedup", "pretrain", "highres", "rasa", "evaluate", "register")
+STAGE_ORDER = STAGE_NAMES
 
 
 class LineageError(LookupError):
@@ -49,7 +50,10 @@ def _stage_output(path: str) -> StageResult | None:
         marker = f"{p}/{RESULT_FILE}"
         if fs.exists(marker):
             with fs.open(marker, "r") as f:
-                return StageResult.model_validate_json(f.read())
+                try:
+                    return StageResult.model_validate_json(f.read())
+                except ValueError:
+                    return None  # an unfinished output: it names no run
         p = p.rsplit("/", 1)[0] if "/" in p else ""
     return None
 
@@ -69,7 +73,7 @@ def resolve(c: MlflowClient, target: str) -> dict[str, Any]:
             result = _stage_output(str(Path(target).resolve()) if "://" not in target else target)
             if result is None:
                 raise LineageError(f"{target} is not inside a stage output (no {RESULT_FILE} above it)")
-            found = c.search_runs(
+            found = [c.get_run(result.run_id)] if result.run_id else c.search_runs(
                 [e.experiment_id for e in c.search_experiments()],
                 f"tags.`{TAG}stage` = '{result.stage}' and tags.`{TAG}input_digest` = '{result.input_digest}'",
                 order_by=["attributes.start_time ASC"], max_results=1)
@@ -93,7 +97,7 @@ def _stage_record(c: MlflowClient, run: Run) -> dict[str, Any]:
     st = source.data.tags
     inputs = [{"name": d.dataset.name, "context": {t.key: t.value for t in d.tags}.get("mlflow.data.context"),
                "sha256": {t.key: t.value for t in d.tags}.get("sha256") or d.dataset.digest,
-               "source": d.dataset.source} for d in source.inputs.dataset_inputs]
+               "source": d.dataset.source} for d in (source.inputs.dataset_inputs if source.inputs else [])]
     return {"stage": tags.get(f"{TAG}stage"), "run_id": run.info.run_id, "cached": bool(source_id),
             "computed_by_run_id": source.info.run_id, "status": run.info.status,
             "config_digest": st.get(f"{TAG}config_digest"), "git_commit": st.get(f"{TAG}git_commit"),

@@ -4,8 +4,9 @@ A parent run (tags: Prefect flow-run id, git commit, config digest, profile) hol
 Each stage gets a nested run with its config section as params, its stats as metrics, ``mlflow.log_input`` of every
 dataset it read (a ``MetaDataset`` with a concrete source, a 32-hex digest and the full sha256 in the input's tags,
 because MLflow caps a digest at 36 characters), and its outputs: small files as artifacts, large ones as URIs, all of
-them hashed into ``outputs.json`` so that ``franca lineage --verify`` can recompute them later. A stage that Prefect
-served from its cache gets a stub run pointing at the run that computed it (``franca.cached_from``).
+them hashed into ``outputs.json`` so that ``franca lineage --verify`` can recompute them later. A stage served from
+the store gets a stub run pointing at the run that computed it (``franca.cached_from``). ``MlflowTracker`` is what
+the stage runner (``tasks.common.runner``) logs through.
 
 Credentials never reach MLflow: every param and tag value goes through ``redact``.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,38 +26,21 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource, S3ArtifactDatasetSource
+from mlflow.data.sources import (  # type: ignore[attr-defined]  # re-exported lazily; mypy sees no attribute
+    HTTPDatasetSource,
+    LocalArtifactDatasetSource,
+    S3ArtifactDatasetSource,
+)
 from pydantic import BaseModel
 
 from franca_core.config import PipelineConfig, config_digest
-from tasks.digests import fs_of, uri_digest
-from tasks.storage import StageResult, sha256_json
+from tasks.common.contract import Stage, StageKey
+from tasks.common.digests import fs_of, uri_digest
+from tasks.common.redact import redact, redact_tree
+from tasks.common.store import StageResult
 
 TAG = "franca."
 REPO = Path(__file__).resolve().parents[1]
-_URI_CREDENTIALS = re.compile(r"(://[^/@\s:]+:)[^/@\s]+@")  # scheme://user:password@host
-_SECRET_ASSIGNMENT = re.compile(r"(?i)((?:secret|password|passwd|token|access_key|api_key)\w*=)[^&\s,;]+")
-_SECRET_KEY = re.compile(r"(?i)secret|password|passwd|credential|token$|access_key|api_key")
-
-
-# --------------------------------------------------------------------------------------------- basics
-def redact(value: Any) -> str:
-    """A string safe for params/tags/logs: ``user:password@`` in URIs and ``secret=...`` assignments are masked."""
-    text = _URI_CREDENTIALS.sub(lambda m: f"{m.group(1)}***@", str(value))
-    return _SECRET_ASSIGNMENT.sub(lambda m: f"{m.group(1)}***", text)
-
-
-def redact_tree(data: Any, key: str = "") -> Any:
-    """``redact`` every string of a JSON-like tree; string values under secret-looking keys are masked whole."""
-    if isinstance(data, Mapping):
-        return {k: redact_tree(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [redact_tree(v, key) for v in data]
-    if isinstance(data, str):
-        return "***" if _SECRET_KEY.search(key) and data else redact(data)
-    return data
-
-
 def tracking_uri(cfg: PipelineConfig) -> str:
     """``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else SQLite beside a local storage root."""
     if cfg.tracking.tracking_uri:
@@ -134,19 +119,6 @@ def close_parent(cfg: PipelineConfig, run_id: str, ok: bool, summary: Mapping[st
     c.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
-@contextmanager
-def stage_run(cfg: PipelineConfig, parent_run_id: str, stage: str, params: Mapping[str, str]) -> Iterator[str]:
-    """A nested run for one stage, active in this thread (so the stage's own MLflow calls land in it)."""
-    client(cfg)
-    code = code_version()
-    tags = {f"{TAG}kind": "stage", f"{TAG}stage": stage, f"{TAG}git_commit": code["commit"],
-            f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"]}
-    with mlflow.start_run(experiment_id=experiment_id(cfg), run_name=stage, nested=True,
-                          parent_run_id=parent_run_id, tags=tags) as run:
-        mlflow.log_params(dict(params))
-        yield run.info.run_id
-
-
 def dataset_source(uri: str) -> Any:
     """A concrete MLflow dataset source for a local path, s3:// or http(s):// URI."""
     if uri.startswith("s3://"):
@@ -156,22 +128,21 @@ def dataset_source(uri: str) -> Any:
     return LocalArtifactDatasetSource(str(Path(uri.removeprefix("file://")).resolve()))
 
 
-def log_inputs(inputs: Mapping[str, StageResult], files: Mapping[str, str], limit_bytes: int) -> None:
-    """``log_input`` for every upstream output and every extra file read (e.g. evaluation sets)."""
+def log_inputs(inputs: Mapping[str, StageResult], files: Mapping[str, tuple[str, str]]) -> None:
+    """``log_input`` for every upstream output and every file the config names (``{label: (uri, sha256)}``)."""
     for role, up in inputs.items():
-        ds = MetaDataset(dataset_source(up.uri), name=f"{up.stage}:{role}", digest=up.digest[:32])
+        ds = MetaDataset(dataset_source(up.uri), name=f"{up.stage}:{role}", digest=up.digest[:32])  # type: ignore[abstract]
         mlflow.log_input(ds, context=role, tags={"sha256": up.digest, "stage": up.stage,
                                                   "input_digest": up.input_digest})
         mlflow.set_tag(f"{TAG}input.{role}", f"{up.stage}:{up.digest}")
-    for name, uri in files.items():
-        digest = uri_digest(uri, limit_bytes)
-        sha = digest["sha256"] or sha256_json(digest)
-        mlflow.log_input(MetaDataset(dataset_source(uri), name=name, digest=sha[:32]), context="reference",
+    for name, (uri, sha) in files.items():
+        ds = MetaDataset(dataset_source(uri), name=name, digest=sha[:32])  # type: ignore[abstract]
+        mlflow.log_input(ds, context="reference",
                          tags={"sha256": sha, "uri": redact(uri)})
         mlflow.set_tag(f"{TAG}input.{name}", sha)
 
 
-def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes: int) -> dict[str, Any]:
+def log_result(result: StageResult, artifact_limit_bytes: int, hash_limit_bytes: int | None) -> dict[str, Any]:
     """Tags, metrics, artifacts and ``outputs.json`` (per-output sha256) of a finished stage."""
     mlflow.set_tags({f"{TAG}input_digest": result.input_digest, f"{TAG}output_digest": result.digest,
                      f"{TAG}output_uri": redact(result.uri), f"{TAG}cached_in_store": str(result.cached).lower()})
@@ -245,7 +216,68 @@ def log_cached(cfg: PipelineConfig, parent_run_id: str, stage: str, result: Stag
     tags = {**keep, f"{TAG}cached_from": source_run_id, "mlflow.parentRunId": parent_run_id}
     run = c.create_run(experiment_id(cfg), run_name=f"{stage} (cached)", tags=tags)
     c.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in source.data.params.items()])
-    c.log_inputs(run.info.run_id, datasets=source.inputs.dataset_inputs)
+    c.log_inputs(run.info.run_id, datasets=source.inputs.dataset_inputs if source.inputs else [])
     c.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
+
+def file_inputs(cfg: PipelineConfig, stage: Stage, key: StageKey) -> dict[str, tuple[str, str]]:
+    """``{label: (path, sha256)}`` of every file the stage's config fields named, as its key hashed them."""
+    out: dict[str, tuple[str, str]] = {}
+
+    def walk(label: str, value: Any, digest: Any) -> None:
+        if isinstance(value, list):
+            for i, (v, d) in enumerate(zip(value, digest or [])):
+                walk(f"{label}[{i}]", v, d)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{label}.{k}", v, (digest or {}).get(k))
+        elif isinstance(value, str) and isinstance(digest, str):
+            out[label] = (value, digest)
+
+    for name, digest in key.parts["files"].items():
+        node: Any = cfg
+        for part in name.split("."):
+            node = getattr(node, part)
+        walk(name, node, digest)
+    return out
+
+
+class MlflowTracker:
+    """The runner's tracker: one nested MLflow run per computed stage under the flow's parent run."""
+
+    def __init__(self, cfg: PipelineConfig, parent_run_id: str) -> None:
+        self.cfg, self.parent_run_id = cfg, parent_run_id
+        self.client = client(cfg)
+        self._started = 0.0
+
+    def run_exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return True
+
+    @contextmanager
+    def stage_run(self, stage: Stage, cfg: PipelineConfig, key: StageKey,
+                  inputs: Mapping[str, StageResult]) -> Iterator[str]:
+        """A nested run for one stage, active in this thread: params, key, code version, inputs."""
+        params = flat_params(key.parts["config"])
+        code = code_version()
+        tags = {f"{TAG}kind": "stage", f"{TAG}stage": stage.name, f"{TAG}git_commit": code["commit"],
+                f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"],
+                f"{TAG}profile": self.cfg.profile, f"{TAG}config_digest": config_digest(key.parts["config"]),
+                f"{TAG}code_digest": key.parts["code"], f"{TAG}input_digest": key.digest,
+                **{f"{TAG}upstream.{k}": v.run_id for k, v in inputs.items()}}
+        with mlflow.start_run(experiment_id=experiment_id(self.cfg), run_name=stage.name, nested=True,
+                              parent_run_id=self.parent_run_id, tags=tags) as run:
+            mlflow.log_params(params)
+            log_inputs(inputs, file_inputs(cfg, stage, key))
+            self._started = time.perf_counter()
+            yield run.info.run_id
+
+    def log_result(self, cfg: PipelineConfig, result: StageResult) -> None:
+        mlflow.log_metric("stage_compute_s", time.perf_counter() - self._started)
+        t = self.cfg.tracking
+        hash_limit = int(t.hash_limit_mb * 2**20) if t.hash_limit_mb else None
+        log_result(result, int(t.artifact_limit_mb * 2**20), hash_limit)

@@ -19,18 +19,8 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from franca_core.config import ModelConfig, TrainConfig
 from franca_core.data.shards import IMAGE_EXTENSIONS, ShardIndex
 from franca_core.models.io import LoadedBackbone, load_backbone
-from tasks.storage import StageResult
-
-
-def local_copy(uri: str, folder: Path) -> Path:
-    """A local path for ``uri`` (itself when local; else a copy under ``folder``)."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / Path(path).name
-    fs.get(path, str(target))
-    return target
+from tasks.common.digests import local_copy
+from tasks.common.store import StageResult
 
 
 def load_stage_model(result: StageResult, folder: Path, expected: ModelConfig | None = None) -> LoadedBackbone:

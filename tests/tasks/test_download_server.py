@@ -1,4 +1,4 @@
-"""The corpus server (tasks/url_server.py): serves a folder on 127.0.0.1, 404 otherwise, stops when done."""
+"""The corpus server (tasks/download_server.py): serves a folder on 127.0.0.1, 404 otherwise, stops when done."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.url_server import CorpusServer, serve_folder
+from tasks.download_server import CorpusServer, serve_folder
 
 
 def test_serve_folder__files_404_and_shutdown(tmp_path: Path) -> None:
