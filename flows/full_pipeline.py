@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 from franca_core.config import ConfigError, PipelineConfig, load_config
 from tasks.common import prefect as stage
 from tasks.common.contract import STAGE_NAMES
+from tasks.common.redact import redact, refuse_credentials
 from tasks.common.store import StageResult
 from tasks.common.tracking import close_parent, open_parent
 
@@ -65,14 +66,21 @@ def franca(profile: str = "tiny", overrides: list[str] | None = None, snapshots:
 
 
 def config(profile: str, overrides: list[str], snapshots: str | None) -> PipelineConfig:
-    """Build the config (``snapshots``: the newest URL list there is the source); a bad value fails before any write."""
+    """Build the config (``snapshots``: the newest URL list there is the source); a bad value fails before any write.
+
+    A config carrying credentials (userinfo or a signed query in a URI) is refused: they come from the environment or
+    a Prefect secret block. Error texts are redacted, since a rejected value may be one.
+    """
     try:
         if snapshots:
             overrides = [*overrides, f"data.source={newest_snapshot(snapshots)}"]
-        return load_config(profile, overrides)
+        cfg = load_config(profile, overrides)
+        refuse_credentials(cfg.model_dump(mode="json"))
+        return cfg
     except ConfigError as exc:
-        get_run_logger().error(f"config error: {exc}")
-        raise
+        message = redact(exc)
+        get_run_logger().error(f"config error: {message}")
+        raise type(exc)(message) from None
 
 
 def newest_snapshot(folder: str) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from franca_core.config import ConfigError
 from infra.offline import apply_offline_env
+from tasks.common.redact import redact
 
 # (module, description); each module defines ``register(subparsers)``; its parser sets ``func``.
 COMMANDS: list[str] = [
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        print(f"franca: config error: {exc}", file=sys.stderr)
+        print(f"franca: config error: {redact(exc)}", file=sys.stderr)  # a bad value may carry a credential
         return 2
 
 

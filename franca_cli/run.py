@@ -7,7 +7,9 @@
 
 Prints the run's summary (registered model, MLflow parent run, dataset and URL-list digests, headline metrics) as
 JSON. Task results are persisted under the stack's state folder, so ``franca run`` and deployment runs share the
-cache.
+cache. A config carrying credentials (``storage.root=s3://KEY:SECRET@bucket``, a tracking URI with a password, a
+signed URL) is refused before anything is stored: Prefect keeps the flow's parameters and ``last-run.json`` keeps
+them for ``--resume``, so credentials come from the environment or a Prefect secret block instead.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import os
 import sys
 
 from franca_cli.options import add_config_options
+from franca_core.config import load_config
 from infra.offline import state_dir
 from infra.stack import StackSettings
 from tasks.common.contract import STAGE_NAMES
+from tasks.common.redact import refuse_credentials
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         params = json.loads(last.read_text())
     else:
         params = {"profile": args.config or args.profile, "overrides": list(args.overrides), "until": args.until}
+    # Before the parameters reach last-run.json or Prefect: the loaded config, so a YAML file is checked too.
+    refuse_credentials(load_config(params["profile"], params["overrides"]).model_dump(mode="json"))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(StackSettings.resolve().result_storage))
     from flows.full_pipeline import franca  # after the environment: Prefect reads its settings from it
 

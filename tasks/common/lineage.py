@@ -3,7 +3,8 @@
 ``resolve`` turns what the user has (``models:/franca-tiny@candidate``, ``models:/franca-tiny/3``, a registered model
 name, an MLflow run id, a path inside a stage output) into the pipeline's parent run; ``trace`` reads the parent's
 stage runs (following cached stubs to the runs that computed them) into one JSON-able record; ``verify`` recomputes
-the sha256 of every output still on storage and compares it with ``outputs.json`` logged when it was made.
+the sha256 of every output still on storage and compares it with ``outputs.json`` logged when it was made. What they
+return (and their errors) passes ``redact``: a URI with credentials recorded by an older run is never printed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mlflow.entities import Run
 
 from tasks.common.contract import STAGE_NAMES
 from tasks.common.digests import uri_digest
+from tasks.common.redact import redact, redact_tree
 from tasks.common.store import RESULT_FILE, StageResult
 from tasks.common.tracking import TAG
 
@@ -72,16 +74,17 @@ def resolve(c: MlflowClient, target: str) -> dict[str, Any]:
         else:
             result = _stage_output(str(Path(target).resolve()) if "://" not in target else target)
             if result is None:
-                raise LineageError(f"{target} is not inside a stage output (no {RESULT_FILE} above it)")
+                raise LineageError(redact(f"{target} is not inside a stage output (no {RESULT_FILE} above it)"))
             found = [c.get_run(result.run_id)] if result.run_id else c.search_runs(
                 [e.experiment_id for e in c.search_experiments()],
                 f"tags.`{TAG}stage` = '{result.stage}' and tags.`{TAG}input_digest` = '{result.input_digest}'",
                 order_by=["attributes.start_time ASC"], max_results=1)
             if not found:
-                raise LineageError(f"no MLflow run recorded the {result.stage} output {result.uri}")
+                raise LineageError(redact(f"no MLflow run recorded the {result.stage} output {result.uri}"))
             run = found[0]
     except mlflow.exceptions.MlflowException as exc:
-        raise LineageError(f"{target!r} is not a registered model, model version or run here: {exc.message}") from None
+        raise LineageError(redact(f"{target!r} is not a registered model, model version or run here: {exc.message}")
+                           ) from None
     parent = run.data.tags.get("mlflow.parentRunId") or run.info.run_id
     return {"parent_run_id": parent, "model": model, "asked": target}
 
@@ -123,10 +126,11 @@ def trace(c: MlflowClient, target: str) -> dict[str, Any]:
     if "source" in stages:
         url_list = {"sha256": stages["source"]["output_digest"], "uri": stages["source"]["output_uri"]}
     pt = parent.data.tags
-    return {"asked": target, "model": asked["model"], "url_list": url_list, "stages": ordered,
-            "pipeline": {"run_id": parent.info.run_id, "status": parent.info.status,
-                         "flow_run_id": pt.get(f"{TAG}flow_run_id"), "profile": pt.get(f"{TAG}profile"),
-                         "config_digest": pt.get(f"{TAG}config_digest"), "git_commit": pt.get(f"{TAG}git_commit")}}
+    pipeline = {"run_id": parent.info.run_id, "status": parent.info.status, "flow_run_id": pt.get(f"{TAG}flow_run_id"),
+                "profile": pt.get(f"{TAG}profile"), "config_digest": pt.get(f"{TAG}config_digest"),
+                "git_commit": pt.get(f"{TAG}git_commit")}
+    return redact_tree({"asked": target, "model": asked["model"], "url_list": url_list, "stages": ordered,
+                        "pipeline": pipeline})
 
 
 def verify(c: MlflowClient, lineage: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,4 +153,4 @@ def verify(c: MlflowClient, lineage: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 status = "ok" if now["sha256"] == out["sha256"] else "changed"
             checks.append({**check, "status": status, "actual": now.get("sha256")})
-    return checks
+    return [redact_tree(check) for check in checks]

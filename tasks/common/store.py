@@ -23,6 +23,7 @@ import fsspec
 from pydantic import BaseModel, Field, ValidationError
 
 from tasks.common.digests import is_local_fs
+from tasks.common.redact import redact
 
 RESULT_FILE = "result.json"
 
@@ -68,7 +69,7 @@ class StageStore:
         try:
             self.fs, self.base = fsspec.core.url_to_fs(self.root, **storage_options)
         except Exception as exc:
-            raise StorageError(f"storage root {root!r} is not usable: {type(exc).__name__}") from exc
+            raise StorageError(redact(f"storage root {root!r} is not usable: {type(exc).__name__}")) from None
         self.local = is_local_fs(self.fs)
 
     def path(self, stage: str, digest: str) -> str:
@@ -162,7 +163,10 @@ def open_store(root: str) -> StageStore:
         else:  # remote: the bucket must exist (creating buckets is an operator's decision)
             store.fs.info(store.base.split("/", 1)[0])  # raises, unlike exists() (False for a dead endpoint)
     except Exception as exc:  # botocore / OSError / aiohttp errors all mean the same thing here
-        raise StorageError(f"storage root {root!r} is unreachable or unusable: {type(exc).__name__}: {exc}") from exc
+        # botocore's text may echo the endpoint, the request or pieces of the root (a bucket name `KEY:SECRET-PART`):
+        # redacted, and not chained to the original exception, whose text a traceback would print unredacted.
+        text = f"storage root {root!r} is unreachable or unusable: {type(exc).__name__}: {exc}"
+        raise StorageError(redact(text, known=root)) from None
     return store
 
 

@@ -8,7 +8,8 @@ them hashed into ``outputs.json`` so that ``franca lineage --verify`` can recomp
 the store gets a stub run pointing at the run that computed it (``franca.cached_from``). ``MlflowTracker`` is what
 the stage runner (``tasks.common.runner``) logs through.
 
-Credentials never reach MLflow: every param and tag value goes through ``redact``.
+Credentials never reach MLflow: every param, tag, dataset source and logged JSON goes through ``redact`` /
+``redact_tree`` (``tasks.common.redact``: URLs parsed, userinfo dropped, signed query values masked).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def flat_params(data: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[s
         if isinstance(value, Mapping) and value:
             out.update(flat_params(value, f"{name}."))
         else:
-            out[name] = str(redact_tree(value, name) if isinstance(value, str) else json.dumps(value))[:6000]
+            value = redact_tree(value, name)  # lists too: eval.datasets may name URIs
+            out[name] = str(value if isinstance(value, str) else json.dumps(value))[:6000]
     return out
 
 
@@ -105,7 +107,8 @@ def open_parent(cfg: PipelineConfig, flow_run_id: str, flow_run_name: str = "") 
             "prefect.flow_run_name": flow_run_name, f"{TAG}profile": cfg.profile,
             f"{TAG}config_digest": config_digest(cfg), f"{TAG}git_commit": code["commit"],
             f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"]}
-    run = c.create_run(exp, run_name=f"franca-{cfg.profile}-{flow_run_name or flow_run_id[:8]}", tags=tags)
+    run = c.create_run(exp, run_name=redact(f"franca-{cfg.profile}-{flow_run_name or flow_run_id[:8]}"),
+                       tags=redact_tree(tags))
     c.log_dict(run.info.run_id, redact_tree(cfg.model_dump(mode="json")), "config.json")
     return run.info.run_id
 
@@ -122,7 +125,7 @@ def close_parent(cfg: PipelineConfig, run_id: str, ok: bool, summary: Mapping[st
 def dataset_source(uri: str) -> Any:
     """A concrete MLflow dataset source for a local path, s3:// or http(s):// URI."""
     if uri.startswith("s3://"):
-        return S3ArtifactDatasetSource(uri)
+        return S3ArtifactDatasetSource(redact(uri))
     if uri.startswith(("http://", "https://")):
         return HTTPDatasetSource(redact(uri))
     return LocalArtifactDatasetSource(str(Path(uri.removeprefix("file://")).resolve()))
@@ -270,7 +273,7 @@ class MlflowTracker:
                 f"{TAG}code_digest": key.parts["code"], f"{TAG}input_digest": key.digest,
                 **{f"{TAG}upstream.{k}": v.run_id for k, v in inputs.items()}}
         with mlflow.start_run(experiment_id=experiment_id(self.cfg), run_name=stage.name, nested=True,
-                              parent_run_id=self.parent_run_id, tags=tags) as run:
+                              parent_run_id=self.parent_run_id, tags=redact_tree(tags)) as run:
             mlflow.log_params(params)
             log_inputs(inputs, file_inputs(cfg, stage, key))
             self._started = time.perf_counter()

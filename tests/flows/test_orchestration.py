@@ -18,7 +18,7 @@ import pytest
 from franca_core.config import ConfigError, load_config
 from tasks.common import lineage
 from tasks.common.contract import load_stage
-from tasks.common.redact import redact, redact_tree
+from tasks.common.redact import CredentialError, redact, redact_tree
 from tasks.common.store import StageResult
 from tasks.common.tracking import TAG
 
@@ -46,10 +46,25 @@ def test_stage_key__ignores_run_ids_and_undeclared_sections() -> None:
 
 
 def test_redact__masks_credentials_in_uris_and_secret_keys() -> None:
-    assert redact("s3://AKIAX:hunter2@bucket/p") == "s3://AKIAX:***@bucket/p"
+    assert redact("s3://AKIAX:hunter2/with-slash@bucket/p") == "s3://***@bucket/p"  # userinfo dropped whole
     assert "hunter2" not in redact("https://h/x?token=hunter2&a=1")
     tree = redact_tree({"aws_secret_access_key": "hunter2", "kmeans_max_tokens": 5, "uri": "http://u:hunter2@h"})
     assert "hunter2" not in str(tree) and tree["kmeans_max_tokens"] == 5
+
+
+def test_flow_config__refuses_credentials_with_a_redacted_error() -> None:
+    """What the flow stores (parameters) is the caller's; what it logs and raises must not echo a secret."""
+    from prefect.logging import disable_run_logger
+
+    from flows.full_pipeline import config
+
+    with disable_run_logger(), pytest.raises(CredentialError) as err:
+        config("tiny", ["storage.root=s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/x"], None)
+    assert "'storage.root'" in str(err.value) and "wJalrXUtnFEMI" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    with disable_run_logger(), pytest.raises(ConfigError) as bad:  # a rejected value is echoed as (got ...)
+        config("tiny", ["train.seed=https://franca:hunter2pw@127.0.0.2/"], None)
+    assert "train.seed" in str(bad.value) and "hunter2pw" not in str(bad.value)
 
 
 # ----------------------------------------------------------------------------------------- flow (harness)
