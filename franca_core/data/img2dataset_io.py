@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,24 +59,129 @@ def merged_stats(fs: AbstractFileSystem, folder: str) -> dict[str, Any]:
     return total
 
 
-def iter_tar(fs: AbstractFileSystem, path: str) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
-    """Yield ``(key, image bytes, json metadata)`` per sample of one webdataset tar, streaming."""
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        key: str | None = None
-        image: bytes | None = None
-        meta: dict[str, Any] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            stem, _, suffix = member.name.rpartition("/")[-1].partition(".")
-            if stem != key:
-                if key is not None and image is not None:
-                    yield key, image, meta
-                key, image, meta = stem, None, {}
-            body = tar.extractfile(member).read()  # type: ignore[union-attr]
-            if suffix in IMAGE_SUFFIXES:
-                image = body
-            elif suffix == "json":
-                meta = json.loads(body)
-        if key is not None and image is not None:
-            yield key, image, meta
+class BadShardError(ValueError):
+    """A tar shard, or one of its samples, cannot be read (``iter_tar`` without a ``TarDamage`` to record it in)."""
+
+
+@dataclass
+class TarDamage:
+    """What could not be read of one tar shard.
+
+    Attributes:
+        shard: the tar's path or URI.
+        error: why the tar stops being readable (not a tar, empty file, truncated); ``""`` if it read to its end.
+        bad_members: ``(sample key, why)`` of each skipped sample: a JSON member that is not a JSON object, or
+            the sample the tar was cut in.
+        samples: readable samples yielded.
+    """
+
+    shard: str
+    error: str = ""
+    bad_members: list[tuple[str, str]] = field(default_factory=list)
+    samples: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.error or self.bad_members)
+
+    def describe(self) -> str:
+        """One line: the shard, its error and its first bad members."""
+        parts = [self.error] if self.error else []
+        parts += [f"{name}: {why}" for name, why in self.bad_members[:3]]
+        more = len(self.bad_members) - 3
+        return f"{self.shard}: " + "; ".join(parts) + (f" (and {more} more bad members)" if more > 0 else "")
+
+
+def _end_recording_tarinfo(ends: list[Exception]) -> type[tarfile.TarInfo]:
+    """A ``TarInfo`` class that records why header reading stopped.
+
+    ``tarfile`` ends iteration silently on a missing, cut or invalid header past the first member, so a tar cut at a
+    member boundary would read as complete; only a zero block (``EOFHeaderError``) is a real end of archive.
+    """
+
+    class EndRecording(tarfile.TarInfo):
+        @classmethod
+        def fromtarfile(cls, tar: tarfile.TarFile) -> Self:  # noqa: D102
+            try:
+                return super().fromtarfile(tar)
+            except Exception as exc:
+                ends.append(exc)
+                raise
+
+    return EndRecording
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON member's object; ``ValueError`` if it is not UTF-8 JSON holding an object."""
+    meta = json.loads(body)
+    if not isinstance(meta, dict):
+        raise ValueError(f"JSON member holds a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _read_tar(fs: AbstractFileSystem, path: str, damage: TarDamage) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """``iter_tar``'s reading: yields the readable samples, records the rest in ``damage``."""
+    key: str | None = None
+    image: bytes | None = None
+    meta: dict[str, Any] = {}
+    bad = ""  # why the pending sample ``key`` is skipped
+    ends: list[Exception] = []
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|", tarinfo=_end_recording_tarinfo(ends)) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, _, suffix = member.name.rpartition("/")[-1].partition(".")
+                if stem != key:
+                    if key is not None and bad:
+                        damage.bad_members.append((key, bad))
+                    elif key is not None and image is not None:
+                        damage.samples += 1
+                        yield key, image, meta
+                    key, image, meta, bad = stem, None, {}, ""
+                body = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if suffix in IMAGE_SUFFIXES:
+                    image = body
+                elif suffix == "json":
+                    try:
+                        meta = _json_object(body)
+                    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError included
+                        bad = f"bad JSON member {member.name}: {exc}"
+        if ends and type(ends[-1]).__name__ != "EOFHeaderError":  # not a zero block: the tar was cut or garbled
+            raise tarfile.ReadError(f"no end-of-archive marker ({ends[-1]})")
+    except tarfile.TarError as exc:
+        damage.error = f"{type(exc).__name__}: {exc}"
+        if key is not None:  # the sample being read when the tar broke may be incomplete
+            damage.bad_members.append((key, bad or f"cut by {damage.error}"))
+        return
+    if key is not None and bad:
+        damage.bad_members.append((key, bad))
+    elif key is not None and image is not None:
+        damage.samples += 1
+        yield key, image, meta
+
+
+def iter_tar(fs: AbstractFileSystem, path: str,
+             damage: TarDamage | None = None) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """Yield ``(key, image bytes, json metadata)`` per sample of one webdataset tar, streaming.
+
+    A damaged tar yields what is readable: a truncated or garbled tar, the samples before the damage (the sample being
+    read when the tar ended early is skipped: it may be incomplete); a sample whose JSON member is not a JSON object
+    is skipped. A valid tar with no member (img2dataset's shard whose URLs all failed) is not damaged. With
+    ``damage`` given, what was skipped is recorded there; without it, ``BadShardError`` is raised (after the
+    readable samples before it were yielded).
+
+    Args:
+        fs: the filesystem holding the tar.
+        path: the tar's path on ``fs``.
+        damage: where to record damage instead of raising, for callers that skip bad shards.
+
+    Raises:
+        BadShardError: without ``damage``, on the first damage (the tar or a sample unreadable).
+    """
+    record = damage if damage is not None else TarDamage(path)
+    for sample in _read_tar(fs, path, record):
+        if damage is None and record:
+            break
+        yield sample
+    if damage is None and record:
+        raise BadShardError(record.describe())

@@ -77,14 +77,14 @@ def low_frequencies(thumbs: np.ndarray, keep: int) -> np.ndarray:
 
 def phash_bits(thumbs: np.ndarray, hash_size: int = 8) -> np.ndarray:
     """Packed perceptual-hash bits ``(n, hash_size**2 // 8)`` from the L channel of ``(n, T, T, 3)`` thumbnails."""
-    coeffs = low_frequencies(thumbs[..., :1], hash_size).reshape(len(thumbs), -1)
+    coeffs = low_frequencies(thumbs[..., :1], hash_size).reshape(len(thumbs), hash_size**2)  # (0, -1) is ambiguous
     bits = coeffs > np.median(coeffs, axis=1, keepdims=True)
     return np.packbits(bits, axis=1)
 
 
 def signature(thumbs: np.ndarray, size: int = 4) -> np.ndarray:
     """Low-frequency Lab signature ``(n, 3 * size**2)`` float32 of ``(n, T, T, 3)`` thumbnails."""
-    return low_frequencies(thumbs, size).reshape(len(thumbs), -1).astype(np.float32)
+    return low_frequencies(thumbs, size).reshape(len(thumbs), thumbs.shape[-1] * size**2).astype(np.float32)
 
 
 def phash_hex(bits: np.ndarray) -> str:

@@ -66,3 +66,8 @@ def test_decode_rgb__bomb_rejected_from_header() -> None:
         assert "decompression bomb" in str(exc)
     else:
         raise AssertionError("a 144 Mpx PNG passed a 64 Mpx limit")
+
+
+def test_hash_images__no_image_gives_empty_arrays_of_the_right_widths() -> None:
+    batch = hash_images([], phash_size=8, signature_size=4)  # a shard whose URLs all failed has no image
+    assert batch.phash.shape == (0, 8) and batch.signature.shape == (0, 48) and len(batch) == 0
