@@ -1,8 +1,8 @@
 """Serve a corpus folder over HTTP on 127.0.0.1 (a free port, a daemon thread, stopped on exit).
 
 The folder is read through fsspec, so a corpus stored under ``s3://`` is served the same way as a local one. Used by
-the download stage (corpus URLs are ``corpus.PLACEHOLDER`` + path) and by tests and benchmarks. ``delay_s`` slows
-every response (tests use it to interrupt a download half-way).
+the download stage (corpus URLs are ``corpus.PLACEHOLDER`` + path; ``host_port`` is allow-listed for the run) and by
+tests and benchmarks. ``delay_s`` slows every response (tests use it to interrupt a download half-way).
 
     with serve_folder("/path/to/corpus") as server:
         fetch(server.base_url + "www/images/syn-0000001.jpg")   # base_url: "http://127.0.0.1:PORT/"
@@ -44,6 +44,15 @@ class CorpusServer(ThreadingHTTPServer):
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/``."""
         return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    @property
+    def host_port(self) -> str:
+        """``127.0.0.1:PORT``: the ``data.download.allow_hosts`` entry that lets the download fetch from this server.
+
+        Loopback is refused by the download's fetch policy; the stage allow-lists this one address and port (not all
+        of loopback) while it serves the generated corpus.
+        """
+        return f"127.0.0.1:{self.server_address[1]}"
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -2,7 +2,13 @@
 
 The download stage runs img2dataset in a child process so that a killed download leaves only finished shards
 (``*_stats.json``) and unfinished files that img2dataset's incremental mode redoes on the next run. The spec is
-the keyword arguments of ``img2dataset.download`` plus ``max_image_pixels``.
+the keyword arguments of ``img2dataset.download`` plus ``max_image_pixels`` and the fetch policy's
+``allow_hosts``, ``max_bytes`` and ``deadline_s`` (``GUARD_KEYS``).
+
+Every URL is fetched by ``tasks.download_guard.Fetcher`` (http(s) only, public addresses unless allow-listed,
+redirects checked, a byte cap and a deadline, X-Robots-Tag opt-outs): ``install_fetcher`` puts it in the place of
+img2dataset's module-level ``download_image_with_retry``, which ``Downloader.download_shard`` looks up per shard. That
+one name is the whole plug: the rest of img2dataset's shard loop (threads, hashing, resizing, writing) runs as is.
 
 Every payload goes through ``SniffingResizer``, which classifies it (non-image, decompression bomb, corrupt) from its
 header before img2dataset's resizer lets OpenCV decode it; the cause is the prefix of the row's ``error_message``
@@ -29,6 +35,9 @@ import sys
 from typing import Any
 
 from franca_core.data.download_causes import CORRUPT, classify_payload
+from tasks.download_guard import Fetcher, FetchPolicy
+
+GUARD_KEYS = ("allow_hosts", "max_bytes", "deadline_s")
 
 Result = tuple[Any, Any, Any, Any, Any, Any]  # img2dataset's (img, width, height, orig_w, orig_h, error)
 
@@ -63,7 +72,27 @@ def _download_shard(row: Any) -> tuple[bool, Any]:
     return _DOWNLOADER(row)
 
 
-def run(spec: dict[str, Any], max_pixels: int) -> None:
+def install_fetcher(policy: FetchPolicy) -> Fetcher:
+    """Make img2dataset fetch every URL through a guarded ``Fetcher`` (in this process and those forked from it)."""
+    from img2dataset import downloader
+
+    if not callable(getattr(downloader, "download_image_with_retry", None)):
+        raise RuntimeError("img2dataset.downloader.download_image_with_retry is gone: the guarded fetch cannot be "
+                           "installed with this img2dataset version (1.47 expected)")
+    fetcher = Fetcher(policy)
+    downloader.download_image_with_retry = fetcher.download_with_retry
+    return fetcher
+
+
+def policy_of(spec: dict[str, Any], guard: dict[str, Any]) -> FetchPolicy:
+    """The fetch policy of a spec: its img2dataset ``timeout`` / ``user_agent_token`` / directives and ``guard``."""
+    return FetchPolicy(allow_hosts=tuple(guard["allow_hosts"]), max_bytes=int(guard["max_bytes"]),
+                       deadline_s=float(guard["deadline_s"]), timeout_s=float(spec["timeout"]),
+                       user_agent_token=spec.get("user_agent_token"),
+                       disallowed_header_directives=tuple(spec.get("disallowed_header_directives") or ()))
+
+
+def run(spec: dict[str, Any], max_pixels: int, policy: FetchPolicy) -> None:
     """``img2dataset.download`` of ``spec``, without its spawn pool and logger (see module docstring)."""
     global _DOWNLOADER
     import fsspec
@@ -72,6 +101,7 @@ def run(spec: dict[str, Any], max_pixels: int) -> None:
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
 
+    install_fetcher(policy)
     out = spec["output_folder"]
     fs, out_path = fsspec.core.url_to_fs(out)
     fs.makedirs(out_path, exist_ok=True)
@@ -89,18 +119,34 @@ def run(spec: dict[str, Any], max_pixels: int) -> None:
         save_caption=True, extract_exif=spec["extract_exif"], output_folder=out, column_list=reader.column_list,
         timeout=spec["timeout"], number_sample_per_shard=spec["number_sample_per_shard"], oom_shard_count=5,
         compute_hash=spec["compute_hash"], verify_hash_type=None, encode_format=spec["encode_format"],
-        retries=spec["retries"], user_agent_token=None, disallowed_header_directives=None)
+        retries=spec["retries"], user_agent_token=None,  # the token and the directives are the Fetcher's
+        disallowed_header_directives=None)
     _DOWNLOADER = downloader
     rows = list(reader)
     processes = min(int(spec["processes_count"]), len(rows))
+    print(f"download_worker: {len(rows)} shards to download ({len(done)} already done), {processes} process(es) x "
+          f"{spec['thread_count']} threads; fetch policy: {policy}", flush=True)
+    _download_all(rows, processes, 1 + int(spec["max_shard_retry"]))
+    if fs.exists(f"{out_path}/_tmp"):
+        fs.rm(f"{out_path}/_tmp", recursive=True)
+
+
+def _download_all(rows: list[Any], processes: int, attempts: int) -> None:
+    """Every shard of ``rows`` through ``_DOWNLOADER``, in ``processes`` forked processes; a failed shard is retried."""
     with (multiprocessing.get_context("fork").Pool(processes, initializer=_die_with_parent) if processes > 1
           else contextlib.nullcontext()) as pool:
         mapper = pool.imap_unordered if pool is not None else map
-        failed = rows
-        for _ in range(1 + spec["max_shard_retry"]):  # img2dataset's retrier: failed shards once more
-            failed = [row for ok, row in mapper(_download_shard, failed) if not ok]
-    if fs.exists(f"{out_path}/_tmp"):
-        fs.rm(f"{out_path}/_tmp", recursive=True)
+        for attempt in range(attempts):  # img2dataset's retrier: failed shards once more
+            failed = []
+            for ok, row in mapper(_download_shard, rows):
+                print(f"download_worker: shard {row[0]:05d} {'finished' if ok else 'failed'}", flush=True)
+                if not ok:
+                    failed.append(row)
+            if not failed:
+                break
+            rows = failed
+            if attempt + 1 < attempts:
+                print(f"download_worker: retrying {len(rows)} failed shard(s)", flush=True)
 
 
 def main(spec_path: str) -> int:
@@ -111,8 +157,9 @@ def main(spec_path: str) -> int:
     with open(spec_path) as f:
         spec: dict[str, Any] = json.load(f)
     max_pixels = int(spec.pop("max_image_pixels"))
+    guard = {k: spec.pop(k) for k in GUARD_KEYS}
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))  # OpenCV's own guard, defence in depth
-    run(spec, max_pixels)
+    run(spec, max_pixels, policy_of(spec, guard))
     return 0
 
 

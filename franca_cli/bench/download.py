@@ -4,10 +4,11 @@
 
 A fault-free generated corpus is served on 127.0.0.1; the same URLs are fetched by a thread pool in a child process
 (``data.download.threads`` threads, urllib, bytes only) before and after each of ``--repeats`` img2dataset runs
-through the download stage's runner (decode check, resize, webdataset shards). ``img2dataset_images_per_s`` is
-img2dataset's own rate (successes over its first shard start to last shard end, as its speed logger reports it);
-``img2dataset_wall_images_per_s`` adds the child process start-up. Each run's ratio is taken against the raw fetches
-on either side of it; the figures printed are medians over runs (``runs`` lists them all). Goal: ``ratio`` >= 0.7.
+through the download stage's runner (its fetch policy on, the server allow-listed as the stage does it; decode
+check, resize, webdataset shards). ``img2dataset_images_per_s`` is img2dataset's own rate (successes over its first
+shard start to last shard end, as its speed logger reports it); ``img2dataset_wall_images_per_s`` adds the child
+process start-up. Each run's ratio is taken against the raw fetches on either side of it; the figures printed are
+medians over runs (``runs`` lists them all). Goal: ``ratio`` >= 0.7.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             for r in range(args.repeats):
                 out = f"{work}/shards-{r}"
                 start = time.perf_counter()
-                run_img2dataset(img2dataset_spec(dl, f"{work}/urls.parquet", out), work)
+                run_img2dataset(img2dataset_spec(dl, f"{work}/urls.parquet", out, (server.host_port,)), work)
                 wall = time.perf_counter() - start
                 raw.append(_fetch_all(urls, dl.threads, work))
                 stats = [json.loads(p.read_text()) for p in Path(out).glob("*_stats.json")]

@@ -22,8 +22,15 @@ NETWORK_ERROR = "network_error"  # refused, timed out, reset, DNS
 CORRUPT = "corrupt"  # looks like an image (magic bytes) but does not decode
 NON_IMAGE = "non_image"  # HTML, JSON, text, ... served where an image was expected
 BOMB = "decompression_bomb"  # declares more pixels than allowed
+# Refused by the download's fetch policy (tasks/download_guard.py), before or instead of a connection:
+REFUSED_SCHEME = "refused_scheme"  # not http or https (file://, ftp://, data:, no scheme), on any redirect hop
+REFUSED_HOST = "refused_host"  # resolves to a non-public address (loopback, private, link-local, ...), not allowed
+TOO_LARGE = "too_large"  # body over data.download.max_bytes
+DEADLINE = "deadline"  # not fetched within data.download.deadline_s (a dripping body, a slow redirect chain)
+OPTED_OUT = "opted_out"  # an X-Robots-Tag directive (noai, noimageai, ...) disallows the use
 OTHER = "other_error"
-CAUSES: tuple[str, ...] = (SUCCESS, DEAD_URL, HTTP_ERROR, NETWORK_ERROR, CORRUPT, NON_IMAGE, BOMB, OTHER)
+CAUSES: tuple[str, ...] = (SUCCESS, DEAD_URL, HTTP_ERROR, NETWORK_ERROR, CORRUPT, NON_IMAGE, BOMB, REFUSED_SCHEME,
+                           REFUSED_HOST, TOO_LARGE, DEADLINE, OPTED_OUT, OTHER)
 
 # Signatures of the formats a LAION crawl serves (JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF/HEIF).
 _MAGIC: tuple[bytes, ...] = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
@@ -94,8 +101,9 @@ def classify_payload(data: bytes, max_pixels: int) -> tuple[str, str] | None:
             return BOMB, str(exc)
         if looks_like_image(data):
             return CORRUPT, f"undecodable image data ({len(data)} bytes)"
-        head = data[:24].decode("latin-1").strip().replace("\n", " ")
-        return NON_IMAGE, f"not an image: starts with {head!r}"
+        # The payload's bytes never go into the message: it lands in samples.parquet and MLflow, and a non-image
+        # may be anything (a served secret, a private page).
+        return NON_IMAGE, f"not an image: no image signature in its first bytes ({len(data)} bytes)"
     if width * height > max_pixels:
         return BOMB, f"{width}x{height} pixels exceeds {max_pixels}"
     return None
@@ -125,4 +133,6 @@ def download_cause(status: str | None, error_message: str | None) -> str:
         return CORRUPT
     if "image area too large" in message:
         return BOMB
+    if "X-Robots-Tag" in message:  # img2dataset's own opt-out check
+        return OPTED_OUT
     return OTHER

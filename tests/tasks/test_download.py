@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -63,6 +64,35 @@ def test_download__shards_resized_to_long_side(data_run) -> None:
     assert stats["successes"] == len(ok) and stats["shards"] == 8
 
 
+def test_download__metadata_kept_in_samples_and_shards(data_run) -> None:
+    # caption, similarity, license, the declared size and the URL go with every sample: in samples.parquet (the
+    # subset's URL) and in each shard's JSON (img2dataset's save_additional_columns; there the URL fetched).
+    subset = {r["sample_id"]: r for r in read_parquet(data_run.subset.files["subset"]).to_pylist()}
+    samples = read_parquet(data_run.downloaded.files["samples"]).to_pylist()
+    fields = [("url", "url"), ("caption", "caption"), ("similarity", "similarity"), ("license", "license"),
+              ("source_width", "width"), ("source_height", "height")]
+    assert all(s[ours] == subset[s["sample_id"]][theirs] for s in samples for ours, theirs in fields)
+    by_key = {s["key"]: s for s in samples if s["status"] == "success"}
+    seen = 0
+    for shard in Path(data_run.downloaded.files["shards"]).glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for member in (m for m in tar if m.name.endswith(".json")):
+                meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                row = subset[meta["sample_id"]]
+                assert [meta[ours] for ours, _ in fields[1:]] == [row[theirs] for _, theirs in fields[1:]]
+                assert meta["url"].endswith(row["url"].removeprefix(PLACEHOLDER))
+                assert (meta["original_width"], meta["original_height"]) == (
+                    by_key[meta["key"]]["original_width"], by_key[meta["key"]]["original_height"]) != (None, None)
+                seen += 1
+    assert seen == len(by_key) > 0
+
+
+def test_download__img2dataset_log_kept(data_run) -> None:
+    log = Path(data_run.downloaded.files["log"]).read_text()
+    assert "download_worker: 8 shards to download (0 already done)" in log
+    assert log.count("finished") == 8 and "allow_hosts=('127.0.0.1:" in log
+
+
 def test_download__second_run_downloads_nothing(data_run) -> None:
     shards = Path(data_run.downloaded.files["shards"])
     before = {p.name: p.stat().st_mtime_ns for p in shards.iterdir()}
@@ -84,13 +114,13 @@ def test_download__two_processes_same_causes_and_digest(data_run, tmp_path: Path
 
 @pytest.mark.slow  # an img2dataset start-up: ~30 s on a loaded 2-core machine
 def test_download__all_urls_dead_is_one_clear_error(tmp_path: Path, make_data_config) -> None:
-    cfg = make_data_config(tmp_path / "store")
     with serve_folder(str(tmp_path)) as server:  # serves an empty folder: every URL is a 404
         meta = tmp_path / "m.parquet"
         n = 12
         pq.write_table(pa.table({"url": [f"{server.base_url}gone/{i}.jpg" for i in range(n)], "caption": ["x"] * n,
                                  "width": [64] * n, "height": [64] * n, "similarity": [0.4] * n,
                                  "punsafe": [0.0] * n, "pwatermark": [0.0] * n}), meta)
+        cfg = make_data_config(tmp_path / "store", f"data.download.allow_hosts=['{server.host_port}']")
         subset = select_subset(cfg, str(meta))
         with pytest.raises(DownloadError, match=r"all 12 URLs failed to download: \{'dead_url': 12\}"):
             download(cfg, subset)
@@ -114,7 +144,8 @@ def test_download__killed_mid_way_resumes_to_the_same_digest(data_run, tmp_path:
         urls = [u.replace(PLACEHOLDER, server.base_url) for u in meta.column("url").to_pylist()]
         meta = meta.set_column(meta.schema.get_field_index("url"), "url", pa.array(urls))
         pq.write_table(meta, tmp_path / "metadata.parquet")
-        cfg = make_data_config(tmp_path / "store", "data.download.threads=2")
+        cfg = make_data_config(tmp_path / "store", "data.download.threads=2",
+                               f"data.download.allow_hosts=['{server.host_port}']")
         subset = select_subset(cfg, str(tmp_path / "metadata.parquet"))
         (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
         (tmp_path / "subset.json").write_text(subset.model_dump_json())
