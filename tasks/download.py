@@ -13,9 +13,10 @@ per URL: key, shard, status, cause, original sha256, and the sample's metadata: 
 similarity, license, the metadata's declared size as ``source_width`` / ``source_height``, ...), the same metadata in
 each sample's ``.json`` in the shards (img2dataset's ``save_additional_columns``; its ``url`` there is the URL
 fetched, its ``original_width`` / ``original_height`` the downloaded image's), ``img2dataset_stats.json`` and
-``img2dataset.log`` (the worker's output, over all attempts). While it runs, a progress line (finished shards, URLs,
-rate, ETA) is printed every ``PROGRESS_EVERY_S`` seconds. The result's digest hashes the sorted (sample id, cause,
-sha256) rows: identical for a resumed and an uninterrupted run, although their tar files differ.
+``img2dataset.log`` (the worker's output over the attempts that ended; kept in the scratch folder between attempts,
+while a killed attempt's output goes with its temporary folder). While it runs, a progress line (finished shards,
+URLs, rate, ETA) is printed every ``PROGRESS_EVERY_S`` seconds. The result's digest hashes the sorted (sample id,
+cause, sha256) rows: identical for a resumed and an uninterrupted run, although their tar files differ.
 """
 
 from __future__ import annotations
