@@ -133,7 +133,10 @@ class ShardStream(IterableDataset):
         self.augment = MultiCropAugmentation(cfg.crops)
 
     def _read_shard(self, shard: int) -> dict[str, bytes]:
-        """Image bytes of the shard's kept keys (one sequential read of the tar)."""
+        """Image bytes of the shard's kept keys (one sequential read of the tar, up to the last kept key).
+
+        Stopping there also trains on the readable head of a truncated shard: dedup keeps only what it could read.
+        """
         uri, wanted = self.index.shards[shard], set(self.index.keys[shard])
         images: dict[str, bytes] = {}
         with fsspec.open(uri, "rb", **self.storage_options) as f:
@@ -141,6 +144,8 @@ class ShardStream(IterableDataset):
                 key, ext = base_plus_ext(member["fname"])
                 if key in wanted and ext is not None and ext.lower() in IMAGE_EXTENSIONS:
                     images[key] = member["data"]
+                    if len(images) == len(wanted):
+                        break
         if len(images) != len(wanted):
             lost = sorted(wanted - set(images))[:3]
             raise ValueError(f"shard {uri} lacks {len(wanted) - len(images)} kept samples, e.g. {lost}")

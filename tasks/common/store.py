@@ -22,7 +22,7 @@ from typing import Any
 import fsspec
 from pydantic import BaseModel, Field, ValidationError
 
-from tasks.common.digests import is_local_fs
+from tasks.common.digests import fs_of, is_local_fs, is_remote
 from tasks.common.redact import redact
 
 RESULT_FILE = "result.json"
@@ -137,7 +137,7 @@ class StageStore:
     def own_files(self, result: StageResult) -> dict[str, str]:
         """``{name: path}`` of the files a result lists inside its own folder (not pointers upstream)."""
         prefix = result.uri.rstrip("/") + "/"
-        return {k: fsspec.core.url_to_fs(v)[1] for k, v in result.files.items() if v.startswith(prefix)}
+        return {k: fs_of(v)[1] for k, v in result.files.items() if v.startswith(prefix)}
 
     def sizes(self, result: StageResult) -> dict[str, int]:
         """Bytes of each of the result's own files (a folder: the total of its files)."""
@@ -204,7 +204,7 @@ class Workspace:
 
     def result(self, digest: str, files: Mapping[str, str], stats: Mapping[str, Any] | None = None) -> StageResult:
         """The stage's result; ``files`` values without a protocol or leading ``/`` are relative to the output."""
-        resolved = {k: v if ("://" in v or v.startswith("/")) else self.uri(v) for k, v in files.items()}
+        resolved = {k: v if (is_remote(v) or v.startswith("/")) else self.uri(v) for k, v in files.items()}
         return StageResult(stage=self.stage, uri=self.uri(), input_digest=self.digest, digest=digest,
                            stats=dict(stats or {}), files=resolved, run_id=self.run_id)
 

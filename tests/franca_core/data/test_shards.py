@@ -89,3 +89,16 @@ def test_shard_index__missing_files_raise(tmp_path: Path) -> None:
     broken = ShardIndex((str(tmp_path / "gone.tar"),), (("000000000",),))
     with pytest.raises(FileNotFoundError):
         next(iter(build_loader(broken, _cfg("train.optim.batch_size=1", "train.loader_workers=0"))))
+
+
+def test_build_loader__trains_on_the_readable_head_of_a_truncated_shard(tmp_path: Path) -> None:
+    # A shard cut mid-way: dedup keeps the samples before the cut; the loader must not read past them.
+    table = write_shards(_records(8), str(tmp_path), shard_size=8)
+    shard = Path(table["shard"][0].as_py())
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) * 3 // 4])
+    kept = pa.array([int(k) < 4 for k in table["key"].to_pylist()])  # the first half: whole before the cut
+    table = table.set_column(table.schema.get_field_index("kept"), "kept", kept)
+    index = ShardIndex.from_manifest(write_manifest(table, str(tmp_path / "manifest.parquet")))
+    ids = _ids(index, _cfg("train.optim.batch_size=2", "train.loader_workers=0"), 2)
+    assert sorted(i for b in ids for i in b) == [0, 1, 2, 3]
