@@ -96,6 +96,17 @@ def test_redact_tree__masks_secret_keys_and_strings_keeps_numbers() -> None:
     assert tree["user_agent_token"] == "franca-pipeline"
 
 
+def test_flat_params__mlflow_params_carry_no_secret() -> None:
+    from tasks.common.tracking import flat_params
+
+    params = flat_params({"eval": {"datasets": [f"s3://{KEY_ID}:{SECRET}@bucket/eval.parquet"]},
+                          "storage": {"root": "https://ghp_T0kenOnly123@127.0.0.2/x"},
+                          "tracking": {"mlflow_token": "t0k3n"}, "train": {"seed": 3}})
+    text = json.dumps(params)
+    assert not any(s in text for s in (KEY_ID, "wJalrXUtnFEMI", "ghp_T0kenOnly123", "t0k3n")), text
+    assert params["train.seed"] == "3" and "bucket/eval.parquet" in params["eval.datasets"]
+
+
 def test_refuse_credentials__names_keys_never_values() -> None:
     for profile in PROFILES:  # the shipped configs carry none
         refuse_credentials(load_config(profile).model_dump(mode="json"))
