@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from franca_core.config import ConfigError, PipelineConfig, load_config
+from infra.offline import apply_offline_env
 from tasks.common import prefect as stage
 from tasks.common.contract import STAGE_NAMES
 from tasks.common.redact import redact, refuse_credentials
@@ -46,6 +47,7 @@ def franca(profile: str = "tiny", overrides: list[str] | None = None, snapshots:
 
     ``until``: the last stage to run (e.g. ``dedup`` for the data stages only).
     """
+    apply_offline_env()  # before any stage imports ray (a worker not started by `franca stack` lacks the settings)
     cfg = config(profile, overrides or [], snapshots)
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"until={until!r} is not a stage. Valid: {list(STAGE_NAMES)}")
