@@ -81,6 +81,13 @@ class DownloadConfig(_Section):
     shard_size: int = Field(1000, ge=1)
     encode_quality: int = Field(95, ge=1, le=100)
     max_image_pixels: int = Field(64_000_000, gt=0)  # larger declared sizes are decompression bombs
+    # Fetch policy (tasks/download_guard.py): http(s) only, public addresses only unless a host ("name" or
+    # "name:port") is allowed here; the corpus server of the generated source allows itself for its run.
+    allow_hosts: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-\[\]:]+$")], ...] = ()
+    max_bytes: int = Field(32 * 2**20, gt=0)  # a larger body is refused (too_large)
+    deadline_s: float = Field(30.0, gt=0)  # the whole fetch of one URL: retries, redirects, a dripping body
+    user_agent_token: str = "franca-pipeline"  # in the User-Agent; X-Robots-Tag "<token>: noai" applies to it
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs
 
 
 class DataConfig(_Section):
@@ -89,13 +96,6 @@ class DataConfig(_Section):
     source: str = "synthetic"  # "synthetic", a LAION-style metadata Parquet, a ../shared/data Parquet or a folder
     synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
     select: SelectConfig = SelectConfig()
-    # Fetch policy (tasks/download_guard.py): http(s) only, public addresses only unless a host ("name" or
-    # "name:port") is allowed here; the corpus server of the generated source allows itself for its run.
-    allow_hosts: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-\[\]:]+$")], ...] = ()
-    max_bytes: int = Field(32 * 2**20, gt=0)  # a larger body is refused (too_large)
-    deadline_s: float = Field(30.0, gt=0)  # the whole fetch of one URL: retries, redirects, a dripping body
-    user_agent_token: str = "franca-pipeline"  # in the User-Agent; X-Robots-Tag "<token>: noai" applies to it
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs
     download: DownloadConfig = DownloadConfig()
 
 
