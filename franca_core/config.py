@@ -55,6 +55,10 @@ class SyntheticSourceConfig(_Section):
     contaminate_count: int = Field(0, ge=0)
 
 
+MetadataColumn = Literal["sample_id", "url", "caption", "width", "height", "similarity", "punsafe", "pwatermark",
+                         "aesthetic", "language", "license", "nsfw"]
+
+
 class SelectConfig(_Section):
     """LAION metadata filters and deterministic sampling."""
 
@@ -68,6 +72,10 @@ class SelectConfig(_Section):
     languages: list[str] | None = None
     target_count: int | None = Field(None, gt=0)
     seed: int = 0
+    # LAION-400M / laion2B NSFW tags (UNLIKELY, UNSURE, NSFW) a row may carry; None: no NSFW-tag filter
+    nsfw_tags: list[str] | None = ["UNLIKELY"]
+    licenses: list[str] | None = None  # license values kept (LAION writes "?" for unknown); None: any
+    drop_unscored: bool = True  # a null filter value (never scored) fails that filter; counted either way
 
 
 class DownloadConfig(_Section):
@@ -93,7 +101,11 @@ class DownloadConfig(_Section):
 class DataConfig(_Section):
     """Stages 1-2: where the URL list comes from, how it is filtered and downloaded."""
 
-    source: str = "synthetic"  # "synthetic", a LAION-style metadata Parquet, a ../shared/data Parquet or a folder
+    # "synthetic", a LAION-style metadata Parquet or a folder / glob / s3:// prefix of its parts, a ../shared/data
+    # Parquet or an image folder
+    source: str = "synthetic"
+    # our metadata column -> the file's column, where auto-detection (franca_core/data/laion_schemas.py) is not enough
+    columns: dict[MetadataColumn, str] = {}
     synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
     select: SelectConfig = SelectConfig()
     download: DownloadConfig = DownloadConfig()

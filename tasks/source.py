@@ -1,18 +1,25 @@
-"""Source: the URL list the pipeline starts from, as a LAION-style metadata Parquet with a sha256.
+"""Source: the URL list the pipeline starts from, as LAION-style metadata Parquet (one file or its parts).
 
-``data.source`` is ``"synthetic"`` (the generated corpus of ``franca_core/data/corpus.py``), a LAION-style metadata
-Parquet, or an image set (a ../shared/data Parquet or an image folder), which is written out as a corpus. A metadata
-Parquet is copied into the stage's output (a snapshot: later stages read what the key hashed, even if the original
-is rewritten in place); the result's digest is that file's sha256. Generated corpora land in the output folder:
+``data.source`` is ``"synthetic"`` (the generated corpus of ``franca_core/data/corpus.py``), LAION-style metadata
+(a Parquet file, or a folder, glob or ``s3://`` prefix of Parquet parts such as LAION's ``part-*.parquet``), or an
+image set (a ../shared/data Parquet or an image folder), which is written out as a corpus. Metadata and image sets
+are told apart by content: a Parquet (the first part of a folder, by name) with a URL column (``url``/``URL`` or
+``data.columns.url``) is metadata. Metadata is copied into the stage's output (a snapshot: later stages read what the
+key hashed, even if the original is rewritten in place), part by part for a folder (``metadata/<relative path>``);
+the result's digest is the file's sha256, or for parts the sha256 of their sorted ``(relative path, sha256)`` list
+(what ``content_digest`` gives a folder). Generated corpora land in the output folder:
 ``metadata.parquet``, ``annotations.parquet`` (labels, masks, planted faults: kept aside for evaluation and tests)
 and ``www/`` (the files the download stage serves on 127.0.0.1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections import Counter
+from collections.abc import Mapping
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,31 +27,51 @@ import pyarrow.parquet as pq
 from franca_core.config import PipelineConfig
 from franca_core.data.corpus import image_set_corpus, synthetic_corpus
 from franca_core.data.image_sets import iter_image_set
-from franca_core.data.laion import ALIASES, MetadataError
+from franca_core.data.laion_schemas import MetadataError, find_column
 from tasks.common.contract import stage
-from tasks.common.digests import fs_of, sha256_file
+from tasks.common.digests import fs_of, is_remote, sha256_file, sha256_json
 from tasks.common.store import StageResult, Workspace
 from tasks.common.tables import write_parquet
+from tasks.metadata_parts import has_magic, list_parts, parts_base
 
 
 class SourceChangedError(RuntimeError):
     """The source file changed between keying the stage and copying it."""
 
 
-def is_metadata(uri: str) -> bool:
-    """True for a Parquet with a URL column (LAION metadata), False for an image set."""
+def _url_column(uri: str, columns: Mapping[str, str]) -> bool:
+    """True for a Parquet with a URL column, False for one with an ``image`` column (an image set).
+
+    Raises:
+        MetadataError: not Parquet, or neither column.
+    """
     fs, path = fs_of(uri)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"data.source {uri!r} does not exist (valid: 'synthetic', a metadata Parquet, "
-                                f"an image Parquet or an image folder)")
-    if fs.isdir(path):
-        return False
     try:
         with fs.open(path, "rb") as f:
             names = pq.read_schema(f).names
     except (pa.ArrowInvalid, OSError) as exc:
         raise MetadataError(f"data.source {uri!r} is not a readable Parquet file: {exc}") from exc
-    return any(ALIASES.get(n, n) == "url" for n in names)
+    if find_column(names, "url", columns) is None and "image" not in names:
+        raise MetadataError(f"data.source {uri!r} has no URL column (url, URL or data.columns.url: metadata) and no "
+                            f"'image' column (an image set); it has {names}")
+    return find_column(names, "url", columns) is not None
+
+
+def is_metadata(uri: str, columns: Mapping[str, str] | None = None) -> bool:
+    """True for metadata (a Parquet, or a folder / glob of parts, with a URL column), False for an image set."""
+    fs, path = fs_of(uri)
+    if has_magic(path):
+        parts = list_parts(uri)
+        if not parts:
+            raise FileNotFoundError(f"data.source {uri!r} matches no Parquet part")
+        return _url_column(parts[0], columns or {})
+    if not fs.exists(path):
+        raise FileNotFoundError(f"data.source {uri!r} does not exist (valid: 'synthetic', a metadata Parquet or a "
+                                f"folder / glob of its parts, an image Parquet or an image folder)")
+    if fs.isdir(path):
+        parts = list_parts(uri)
+        return bool(parts) and _url_column(parts[0], columns or {})
+    return _url_column(uri, columns or {})
 
 
 def _contaminants(path: str, count: int, seed: int) -> list[tuple[str, bytes]]:
@@ -53,27 +80,59 @@ def _contaminants(path: str, count: int, seed: int) -> list[tuple[str, bytes]]:
     return [items[i] for i in sorted(picks.tolist())]
 
 
+def _copy(src: str, fs_out: fsspec.AbstractFileSystem, dest: str) -> str:
+    """Copy ``src`` to ``dest`` on ``fs_out``; the sha256 of the bytes copied."""
+    fs, path = fs_of(src)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f_in, fs_out.open(dest, "wb") as f_out:
+        for block in iter(lambda: f_in.read(1 << 22), b""):
+            digest.update(block)
+            f_out.write(block)
+    return digest.hexdigest()
+
+
 def _snapshot(src: str, ws: Workspace) -> StageResult:
     """Copy a metadata Parquet into the output; its sha256 must be the one the key hashed."""
-    fs, path = fs_of(src)
     with ws.writing() as tmp:
-        with fs.open(path, "rb") as f_in, ws.fs.open(f"{tmp}/metadata.parquet", "wb") as f_out:
-            for block in iter(lambda: f_in.read(1 << 22), b""):
-                f_out.write(block)
-    digest = sha256_file(ws.uri("metadata.parquet"))
+        digest = _copy(src, ws.fs, f"{tmp}/metadata.parquet")
     if digest != ws.recipe.get("files", {}).get("data.source", digest):
         raise SourceChangedError(f"data.source {src!r} changed while it was being read; run again")
     rows = pq.read_metadata(ws.fs.open(f"{ws.path}/metadata.parquet", "rb")).num_rows
     return ws.result(digest, {"metadata": "metadata.parquet", "source_root": posixpath.dirname(src),
-                              "original": src}, {"rows": rows})
+                              "original": src}, {"rows": rows, "parts": 1})
 
 
-@stage("source", reads=("data.source", "data.synthetic"), files=("data.source", "data.synthetic.contaminate_from"))
+def _snapshot_parts(src: str, ws: Workspace) -> StageResult:
+    """Copy each part into ``metadata/``; the files hashed while copied must give the digest the key hashed."""
+    fs, base = fs_of(src)
+    base = parts_base(src)
+    parts = list_parts(src)
+    hashed: list[tuple[str, str]] = []
+    with ws.writing() as tmp:
+        for part in parts:
+            rel = fs_of(part)[1][len(base):].lstrip("/")
+            ws.fs.makedirs(posixpath.dirname(f"{tmp}/metadata/{rel}"), exist_ok=True)
+            hashed.append((rel, _copy(part, ws.fs, f"{tmp}/metadata/{rel}")))
+    digest = sha256_json({"folder": sorted(hashed)})
+    if not has_magic(src):  # the key hashed every file of the folder (a _SUCCESS marker too): those not copied
+        copied = {fs_of(p)[1] for p in parts}
+        others = [(p[len(base):].lstrip("/"), sha256_file(fs.unstrip_protocol(p) if is_remote(src) else p))
+                  for p in fs.find(base) if p not in copied]
+        if sha256_json({"folder": sorted(hashed + others)}) != ws.recipe.get("files", {}).get("data.source"):
+            raise SourceChangedError(f"data.source {src!r} changed while it was being read; run again")
+    rows = sum(pq.read_metadata(ws.fs.open(f"{ws.path}/metadata/{rel}", "rb")).num_rows for rel, _ in hashed)
+    root = fs.unstrip_protocol(base) if is_remote(src) else base
+    return ws.result(digest, {"metadata": "metadata", "source_root": root, "original": src},
+                     {"rows": rows, "parts": len(parts)})
+
+
+@stage("source", reads=("data.source", "data.columns", "data.synthetic"),
+       files=("data.source", "data.synthetic.contaminate_from"))
 def source(cfg: PipelineConfig, ws: Workspace) -> StageResult:
-    """Materialise ``cfg.data.source``; the result's digest is the metadata Parquet's sha256."""
+    """Materialise ``cfg.data.source``; the result's digest is the metadata's content digest."""
     src, syn = cfg.data.source, cfg.data.synthetic
-    if src != "synthetic" and is_metadata(src):
-        return _snapshot(src, ws)
+    if src != "synthetic" and is_metadata(src, {str(k): v for k, v in cfg.data.columns.items()}):
+        return _snapshot(src, ws) if list_parts(src) == [src] else _snapshot_parts(src, ws)
     if src == "synthetic":
         contam = bool(syn.contaminate_from and syn.contaminate_count)
         planted = _contaminants(str(syn.contaminate_from), syn.contaminate_count, syn.seed) if contam else []

@@ -25,6 +25,7 @@ import importlib
 # Adding one is its module (e.g. bench/cache.py) plus its name here. Helpers that several benchmarks share live in
 # datasets.py (the benchmark data and the shards written from it), not in this file.
 BENCHMARKS: tuple[str, ...] = (
+    "select",
     "download",
     "dedup",
     "step",

@@ -1,10 +1,11 @@
-"""Stage 1 (tasks/select.py): filters, sampling, digests, and one clear error per bad input."""
+"""Stage 1 (tasks/select.py): filters, sampling, digests, parts folders, and one clear error per bad input."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -52,8 +53,8 @@ def _absent(path: Path) -> str:
     return str(path)
 
 
-def _no_columns(path: Path) -> str:
-    pq.write_table(pa.table({"url": ["u"], "caption": ["c"]}), path)
+def _no_url(path: Path) -> str:
+    pq.write_table(pa.table({"link": ["u"], "caption": ["c"]}), path)
     return str(path)
 
 
@@ -65,7 +66,11 @@ def _not_parquet(path: Path) -> str:
 BAD_INPUTS: dict[str, tuple[Callable[[Path], str], type[Exception], str]] = {
     "missing_file": (_absent, FileNotFoundError, "data.source names .* which does not exist"),
     "empty": (lambda p: _metadata(p, 0), MetadataError, "holds no rows"),
-    "missing_columns": (_no_columns, MetadataError, r"lacks column\(s\) \['width', 'height'"),
+    "no_url_column": (_no_url, MetadataError, r"m.parquet' has no URL column .* it has \['link', 'caption'\]"),
+    "int_url": (lambda p: _metadata(p, 3, url=[1, 2, 3]), MetadataError,
+                r"m.parquet: column 'url' \(read as 'url'\) is int64, expected a string"),
+    "string_width": (lambda p: _metadata(p, 3, width=["64"] * 3), MetadataError,
+                     r"m.parquet: column 'width' \(read as 'width'\) is string, expected a number"),
     "zero_rows_after_filtering": (lambda p: _metadata(p, 5, similarity=[0.0] * 5), MetadataError,
                                   "passes the select filters"),
     "not_parquet": (_not_parquet, MetadataError, "not a readable Parquet"),
@@ -84,3 +89,42 @@ def test_select_subset__unreachable_local_root(tmp_path: Path, make_data_config)
     blocker.write_text("x")
     with pytest.raises(StorageError, match="unreachable or unusable"):
         select_subset(make_data_config(blocker / "store"), _metadata(tmp_path / "m.parquet"))
+
+
+def _laion400m(n: int, start: int = 0) -> pa.Table:
+    """LAION-400M layout (SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW, similarity); every 7th URL repeated."""
+    ids = list(range(start, start + n))
+    return pa.table({"SAMPLE_ID": ids, "URL": [f"http://127.0.0.1:9/{i - i % 7 if i % 7 == 3 else i}.jpg" for i in ids],
+                     "TEXT": [f"t{i}" for i in ids], "HEIGHT": [48 + i % 40 for i in ids],
+                     "WIDTH": [20 + i % 90 for i in ids], "LICENSE": ["?"] * n,
+                     "NSFW": ["NSFW" if i % 11 == 0 else "UNLIKELY" for i in ids],
+                     "similarity": [0.25 + (i % 13) / 100 for i in ids]})
+
+
+def test_select_subset__parts_folder_same_subset_as_one_concatenated_file(tmp_path: Path, make_data_config) -> None:
+    (tmp_path / "parts").mkdir()
+    sizes = [120, 7, 300, 1, 172]
+    for i, start in enumerate(np.cumsum([0, *sizes[:-1]])):
+        pq.write_table(_laion400m(sizes[i], int(start)), tmp_path / "parts" / f"part-{i:05d}.parquet")
+    (tmp_path / "parts" / "_SUCCESS").write_text("")  # Spark's marker: not a part
+    pq.write_table(_laion400m(sum(sizes)), tmp_path / "whole.parquet")
+    overrides = ["data.select.target_count=150"]
+    parts = select_subset(make_data_config(tmp_path / "s1", *overrides), str(tmp_path / "parts"))
+    whole = select_subset(make_data_config(tmp_path / "s2", *overrides), str(tmp_path / "whole.parquet"))
+    assert parts.digest == whole.digest  # the same bytes: the same rows, in the same order
+    assert {k: v for k, v in parts.stats.items() if k != "parts"} == {k: v for k, v in whole.stats.items()
+                                                                          if k != "parts"}
+    assert parts.stats["parts"] == 5 and parts.stats["selected"] == 150 and parts.stats["filtered_nsfw"] > 0
+    assert parts.stats["filtered_duplicate_url"] > 0 and parts.stats["skipped_filters"] == {"punsafe": 600,
+                                                                                             "pwatermark": 600}
+    subset = read_parquet(parts.files["subset"])
+    assert subset.num_rows == len(set(subset.column("url").to_pylist())) == 150
+
+
+def test_select_subset__bad_part_named(tmp_path: Path, make_data_config) -> None:
+    (tmp_path / "parts").mkdir()
+    pq.write_table(_laion400m(5), tmp_path / "parts" / "part-00000.parquet")
+    pq.write_table(_laion400m(5, 5).set_column(1, "URL", pa.array(list(range(5)))),
+                   tmp_path / "parts" / "part-00001.parquet")
+    with pytest.raises(MetadataError, match=r"parts/part-00001.parquet: column 'URL' \(read as 'url'\) is int64"):
+        select_subset(make_data_config(tmp_path / "store"), str(tmp_path / "parts"))

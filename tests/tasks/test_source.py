@@ -1,4 +1,4 @@
-"""Source stage (tasks/source.py): synthetic corpus, image sets served as corpora, LAION metadata passthrough."""
+"""Source stage (tasks/source.py): synthetic corpus, image sets served as corpora, LAION metadata (file or parts)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from franca_core.data.corpus import PLACEHOLDER, jpeg
 from franca_core.data.synthetic import render_image
-from tasks.common.digests import sha256_file
+from tasks.common.digests import sha256_file, sha256_json
 from tasks.common.runner import run_stage
 from tasks.common.tables import read_parquet
 
@@ -59,6 +59,34 @@ def test_source__laion_metadata_snapshot_keyed_by_content(tmp_path: Path, make_d
     again = source(cfg)
     assert not again.cached and again.input_digest != src.input_digest and again.digest == sha256_file(str(meta))
     assert again.stats["rows"] == 3 and source(cfg).cached
+
+
+def test_source__parts_folder_snapshot_part_by_part_keyed_by_content(tmp_path: Path, make_data_config) -> None:
+    folder = tmp_path / "laion2B-en"
+    (folder / "sub").mkdir(parents=True)
+    for i, rel in enumerate(["part-00000.parquet", "part-00001.parquet", "sub/part-00002.parquet"]):
+        _laion(folder / rel, i + 1)
+    (folder / "_SUCCESS").write_text("")  # Spark's marker: in the key (the folder's content), not a part
+    cfg = make_data_config(tmp_path / "store", f"data.source={folder}")
+    src = source(cfg)
+    snap = Path(src.files["metadata"])
+    copied = sorted(str(p.relative_to(snap)) for p in snap.rglob("*.parquet"))
+    assert copied == ["part-00000.parquet", "part-00001.parquet", "sub/part-00002.parquet"]
+    assert not (snap / "_SUCCESS").exists() and src.stats == {"rows": 6, "parts": 3}
+    assert all(sha256_file(str(snap / rel)) == sha256_file(str(folder / rel)) for rel in copied)  # byte for byte
+    assert src.digest == sha256_json({"folder": [[rel, sha256_file(str(snap / rel))] for rel in copied]})
+    selected = run_stage("select", cfg, urls=src).stats  # the parts list 0.jpg three times, 1.jpg twice
+    assert selected["selected"] == 3 and selected["filtered_duplicate_url"] == 3 and selected["parts"] == 3
+    _laion(folder / "part-00001.parquet", 5)  # one part rewritten in place
+    again = source(cfg)
+    assert not again.cached and again.digest != src.digest and again.stats["rows"] == 9 and source(cfg).cached
+
+
+def test_source__folder_without_url_parts_is_an_image_folder(tmp_path: Path, make_data_config) -> None:
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    (tmp_path / "imgs" / "cat" / "0.jpg").write_bytes(jpeg(render_image(np.random.default_rng(0), 32)[0]))
+    src = source(make_data_config(tmp_path / "store", f"data.source={tmp_path / 'imgs'}"))
+    assert "annotations" in src.files and src.stats["rows"] == 1
 
 
 def test_source__missing_source_named(tmp_path: Path, make_data_config) -> None:
