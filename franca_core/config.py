@@ -101,8 +101,8 @@ class DownloadConfig(_Section):
 class DataConfig(_Section):
     """Stages 1-2: where the URL list comes from, how it is filtered and downloaded."""
 
-    # "synthetic", a LAION-style metadata Parquet or a folder / glob / s3:// prefix of its parts, a ../shared/data
-    # Parquet or an image folder
+    # "synthetic", a LAION-style metadata Parquet or a folder / s3:// prefix of its parts, a ../shared/data Parquet
+    # or an image folder
     source: str = "synthetic"
     # our metadata column -> the file's column, where auto-detection (franca_core/data/laion_schemas.py) is not enough
     columns: dict[MetadataColumn, str] = {}

@@ -1,13 +1,15 @@
 """Source: the URL list the pipeline starts from, as LAION-style metadata Parquet (one file or its parts).
 
 ``data.source`` is ``"synthetic"`` (the generated corpus of ``franca_core/data/corpus.py``), LAION-style metadata
-(a Parquet file, or a folder, glob or ``s3://`` prefix of Parquet parts such as LAION's ``part-*.parquet``), or an
-image set (a ../shared/data Parquet or an image folder), which is written out as a corpus. Metadata and image sets
-are told apart by content: a Parquet (the first part of a folder, by name) with a URL column (``url``/``URL`` or
-``data.columns.url``) is metadata. Metadata is copied into the stage's output (a snapshot: later stages read what the
-key hashed, even if the original is rewritten in place), part by part for a folder (``metadata/<relative path>``);
-the result's digest is the file's sha256, or for parts the sha256 of their sorted ``(relative path, sha256)`` list
-(what ``content_digest`` gives a folder). Generated corpora land in the output folder:
+(a Parquet file, or a folder or ``s3://`` prefix of Parquet parts such as LAION's ``part-*.parquet``), or an image
+set (a ../shared/data Parquet or an image folder), which is written out as a corpus. Metadata and image sets are told
+apart by content: a Parquet (the first part of a folder, by name) with a URL column (``url``/``URL`` or
+``data.columns.url``) is metadata. A glob of parts is listed the same way, but the stage key cannot hash a glob yet
+(``tasks/common/digests.content_digest`` takes a file or a folder, so keying fails naming ``data.source``): name the
+parts' folder. Metadata is copied into the stage's output (a snapshot: later stages read what the key hashed, even
+if the original is rewritten in place), part by part for a folder (``metadata/<relative path>``); the result's
+digest is the file's sha256, or for parts the sha256 of their sorted ``(relative path, sha256)`` list (what
+``content_digest`` gives a folder). Generated corpora land in the output folder:
 ``metadata.parquet``, ``annotations.parquet`` (labels, masks, planted faults: kept aside for evaluation and tests)
 and ``www/`` (the files the download stage serves on 127.0.0.1).
 """
@@ -104,9 +106,7 @@ def _snapshot(src: str, ws: Workspace) -> StageResult:
 
 def _snapshot_parts(src: str, ws: Workspace) -> StageResult:
     """Copy each part into ``metadata/``; the files hashed while copied must give the digest the key hashed."""
-    fs, base = fs_of(src)
-    base = parts_base(src)
-    parts = list_parts(src)
+    fs, base, parts = fs_of(src)[0], parts_base(src), list_parts(src)
     hashed: list[tuple[str, str]] = []
     with ws.writing() as tmp:
         for part in parts:
@@ -114,11 +114,12 @@ def _snapshot_parts(src: str, ws: Workspace) -> StageResult:
             ws.fs.makedirs(posixpath.dirname(f"{tmp}/metadata/{rel}"), exist_ok=True)
             hashed.append((rel, _copy(part, ws.fs, f"{tmp}/metadata/{rel}")))
     digest = sha256_json({"folder": sorted(hashed)})
-    if not has_magic(src):  # the key hashed every file of the folder (a _SUCCESS marker too): those not copied
+    expected = ws.recipe.get("files", {}).get("data.source")
+    if expected is not None and not has_magic(src):  # the key hashed every file of the folder (a _SUCCESS too)
         copied = {fs_of(p)[1] for p in parts}
         others = [(p[len(base):].lstrip("/"), sha256_file(fs.unstrip_protocol(p) if is_remote(src) else p))
                   for p in fs.find(base) if p not in copied]
-        if sha256_json({"folder": sorted(hashed + others)}) != ws.recipe.get("files", {}).get("data.source"):
+        if sha256_json({"folder": sorted(hashed + others)}) != expected:
             raise SourceChangedError(f"data.source {src!r} changed while it was being read; run again")
     rows = sum(pq.read_metadata(ws.fs.open(f"{ws.path}/metadata/{rel}", "rb")).num_rows for rel, _ in hashed)
     root = fs.unstrip_protocol(base) if is_remote(src) else base

@@ -76,33 +76,30 @@ class KeptRows:
                 np.concatenate([np.full(len(i), n) for n, i in enumerate(index)] or [empty]),
                 np.concatenate(index or [empty]))
 
-    def _drop(self, chunk: np.ndarray, index: np.ndarray) -> None:
-        for n in np.unique(chunk):
-            self.chunks[n].alive[index[chunk == n]] = False
-        # a chunk mostly dropped is copied down to its live rows: memory stays within 3x the live rows
+    def _compact(self) -> None:
+        """Copy a chunk mostly dropped down to its live rows: memory stays within 3x the live rows."""
         self.chunks = [c.filtered() if 3 * c.alive.sum() < len(c.alive) else c for c in self.chunks if c.alive.any()]
         pa.default_memory_pool().release_unused()  # hand the freed chunks back to the system now
 
-    def _first(self, rank: np.ndarray, row: np.ndarray, count: int) -> np.ndarray:
-        """Boolean mask of the ``count`` entries of smallest ``(rank, row)``; sets ``threshold`` to their last rank."""
-        first = np.ones(len(rank), bool)
-        if count < len(rank):
-            kth = np.partition(rank, count - 1)[count - 1]
-            tied = np.flatnonzero(rank == kth)
-            first = rank < kth
-            first[tied[np.argsort(row[tied], kind="stable")][: count - int(first.sum())]] = True
-            self.threshold = int(kth)
-        return first
+    def _cut(self, count: int) -> bool:
+        """Keep alive only the ``count`` live rows of smallest ``(rank, row)``; False when there are not more."""
+        ranks = np.concatenate([c.rank[c.alive] for c in self.chunks] or [np.zeros(0, np.uint64)])
+        if count >= len(ranks):
+            return False
+        kth = np.partition(ranks, count - 1)[count - 1]
+        tied = np.sort(np.concatenate([c.row[c.alive & (c.rank == kth)] for c in self.chunks]))
+        last = tied[count - int(np.count_nonzero(ranks < kth)) - 1]  # equal ranks: the earliest rows
+        for c in self.chunks:
+            c.alive &= (c.rank < kth) | ((c.rank == kth) & (c.row <= last))
+        self.threshold = int(kth)
+        return True
 
     def merge(self) -> None:
         """Drop every row after the first ``target + slack`` by key."""
         self.pending = 0
-        rank, row, chunk, index = self._alive()
-        if self.keep is None or len(rank) <= self.keep:
-            return
-        out = ~self._first(rank, row, self.keep)
-        self.truncated = True
-        self._drop(chunk[out], index[out])
+        if self.keep is not None and self._cut(self.keep):
+            self.truncated = True
+            self._compact()
 
     def _repeats(self, rank: np.ndarray, row: np.ndarray, chunk: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Positions of the rows whose URL a row of smaller ``(rank, row)`` has."""
@@ -135,23 +132,18 @@ class KeptRows:
         self.merge()
         rank, row, chunk, index = self._alive()
         dups = self._repeats(rank, row, chunk, index)
-        live = np.ones(len(rank), bool)
-        live[dups] = False
-        if self.target is not None and self.truncated and np.count_nonzero(live) < self.target:
+        for n in np.unique(chunk[dups]):
+            self.chunks[n].alive[index[dups][chunk[dups] == n]] = False
+        if self.target is not None and self.truncated and len(rank) - len(dups) < self.target:
             raise SlackExceeded(f"{len(dups)} repeated URLs among the first {len(rank)} rows, more than the slack of "
                                 f"{len(rank) - self.target}")
-        if self.target is not None:
-            live[live] = self._first(rank[live], row[live], self.target)
-        dup_rank, dup_row = rank[dups], row[dups]
-        tables = [c.table for c in self.chunks] or [pa.table({"url": pa.array([], pa.string())})]
-        starts = np.zeros(len(self.chunks) + 1, np.int64)
-        starts[1:] = np.cumsum([len(c.alive) for c in self.chunks])
-        chosen = np.zeros(starts[-1], bool)
-        chosen[starts[chunk[live]] + index[live]] = True  # chunks are in row order, and rows within them
-        kept = pa.concat_tables(tables, promote_options="default").filter(pa.array(chosen))
-        if self.target is None or np.count_nonzero(live) < self.target:
-            return kept, len(dup_rank)
-        top = rank[live].max()  # the key of the last row chosen: (top, last)
-        last = row[live & (rank == top)].max()
-        before = (dup_rank < top) | ((dup_rank == top) & (dup_row < last))
+        cut = self.target is not None and self._cut(self.target)
+        full = cut or len(rank) - len(dups) == self.target  # as many rows as the target: count repeats before the last
+        tables = [c.table.filter(pa.array(c.alive)) for c in self.chunks]  # chunks in row order, rows within them
+        kept = pa.concat_tables(tables or [pa.table({"url": pa.array([], pa.string())})], promote_options="default")
+        if not full:
+            return kept, len(dups)
+        top = max(c.rank[c.alive].max() for c in self.chunks if c.alive.any())  # the last row chosen: (top, last)
+        last = max(c.row[c.alive & (c.rank == top)].max(initial=-1) for c in self.chunks)
+        before = (rank[dups] < top) | ((rank[dups] == top) & (row[dups] < last))
         return kept, int(np.count_nonzero(before))
