@@ -19,61 +19,23 @@ from __future__ import annotations
 import hashlib
 import posixpath
 from collections import Counter
-from collections.abc import Mapping
 
 import fsspec
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from franca_core.config import PipelineConfig
 from franca_core.data.corpus import image_set_corpus, synthetic_corpus
 from franca_core.data.image_sets import iter_image_set
-from franca_core.data.laion_schemas import MetadataError, find_column
 from tasks.common.contract import stage
 from tasks.common.digests import fs_of, is_remote, sha256_file, sha256_json
 from tasks.common.store import StageResult, Workspace
 from tasks.common.tables import write_parquet
-from tasks.metadata_parts import has_magic, list_parts, parts_base
+from tasks.metadata_parts import has_magic, is_metadata, list_parts, parts_base
 
 
 class SourceChangedError(RuntimeError):
     """The source file changed between keying the stage and copying it."""
-
-
-def _url_column(uri: str, columns: Mapping[str, str]) -> bool:
-    """True for a Parquet with a URL column, False for one with an ``image`` column (an image set).
-
-    Raises:
-        MetadataError: not Parquet, or neither column.
-    """
-    fs, path = fs_of(uri)
-    try:
-        with fs.open(path, "rb") as f:
-            names = pq.read_schema(f).names
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise MetadataError(f"data.source {uri!r} is not a readable Parquet file: {exc}") from exc
-    if find_column(names, "url", columns) is None and "image" not in names:
-        raise MetadataError(f"data.source {uri!r} has no URL column (url, URL or data.columns.url: metadata) and no "
-                            f"'image' column (an image set); it has {names}")
-    return find_column(names, "url", columns) is not None
-
-
-def is_metadata(uri: str, columns: Mapping[str, str] | None = None) -> bool:
-    """True for metadata (a Parquet, or a folder / glob of parts, with a URL column), False for an image set."""
-    fs, path = fs_of(uri)
-    if has_magic(path):
-        parts = list_parts(uri)
-        if not parts:
-            raise FileNotFoundError(f"data.source {uri!r} matches no Parquet part")
-        return _url_column(parts[0], columns or {})
-    if not fs.exists(path):
-        raise FileNotFoundError(f"data.source {uri!r} does not exist (valid: 'synthetic', a metadata Parquet or a "
-                                f"folder / glob of its parts, an image Parquet or an image folder)")
-    if fs.isdir(path):
-        parts = list_parts(uri)
-        return bool(parts) and _url_column(parts[0], columns or {})
-    return _url_column(uri, columns or {})
 
 
 def _contaminants(path: str, count: int, seed: int) -> list[tuple[str, bytes]]:
