@@ -1,8 +1,8 @@
 """``franca bench select``: rows/s per core and peak memory of the select stage on LAION-scale metadata parts (JSON).
 
-    franca bench select --rows 10000000              # 10 M generated rows in 10 parts, then the same at 1 M
-    franca bench select --rows 1000000 --parts 5     # one size
-    franca bench select --rows 10000000 --no-ids     # no SAMPLE_ID column: ranks hash the URL (Re-LAION layout)
+    franca bench select                              # 10 M, then 1 M generated rows in 10 parts
+    franca bench select --rows 10000000              # one size
+    franca bench select --rows 1000000 --parts 5 --no-ids   # no SAMPLE_ID column: ranks hash the URL (Re-LAION)
 
 The metadata is generated in the LAION-400M / laion2B-en layout (``SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH,
 similarity, punsafe, pwatermark, LICENSE, NSFW``; snappy ``part-NNNNN.parquet`` files, row groups of up to 1 Mi

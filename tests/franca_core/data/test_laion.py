@@ -150,6 +150,14 @@ def test_select__null_punsafe_is_counted_and_follows_drop_unscored() -> None:
     assert kept_stats["filtered_punsafe"] == 1
 
 
+def test_select__all_null_and_nan_values_are_unscored_not_errors() -> None:
+    table = laion400m(3, WIDTH=[64.0, float("nan"), 64.0]).append_column("punsafe", pa.nulls(3))  # a null-type column
+    subset, stats = select_file(table, SelectConfig(drop_unscored=False))
+    assert subset.num_rows == 3 and stats["unscored"] == {"min_size": 1, "aspect": 1, "punsafe": 3}
+    assert subset.column("width").to_pylist() == [64, None, 64] and subset.column("punsafe").type == pa.float64()
+    assert select_file(table)[1]["filtered_min_size"] == 1 and select_file(table)[1]["filtered_punsafe"] == 2
+
+
 WRONG_TYPES = {
     "int_url": (laion400m(2, URL=[1, 2]), r"m.parquet: column 'URL' \(read as 'url'\) is int64, expected a string"),
     "string_width": (laion400m(2, WIDTH=["64", "64"]), r"m.parquet: column 'WIDTH' \(read as 'width'\) is string"),
