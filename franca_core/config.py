@@ -96,6 +96,9 @@ class DownloadConfig(_Section):
     deadline_s: float = Field(30.0, gt=0)  # the whole fetch of one URL: retries, redirects, a dripping body
     user_agent_token: str = "franca-pipeline"  # in the User-Agent; X-Robots-Tag "<token>: noai" applies to it
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")  # opt-outs
+    # "local": shards in `processes` forked processes; "ray": each shard a Ray task (one CPU) on the nodes of the
+    # cluster at RAY_ADDRESS (else a local Ray), writing into storage.root, which every node must reach
+    distributor: Literal["local", "ray"] = "local"
 
 
 class DataConfig(_Section):

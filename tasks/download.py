@@ -17,6 +17,11 @@ fetched, its ``original_width`` / ``original_height`` the downloaded image's), `
 while a killed attempt's output goes with its temporary folder). While it runs, a progress line (finished shards,
 URLs, rate, ETA) is printed every ``PROGRESS_EVERY_S`` seconds. The result's digest hashes the sorted (sample id,
 cause, sha256) rows: identical for a resumed and an uninterrupted run, although their tar files differ.
+
+``data.download.distributor: ray`` runs each shard as a Ray task on the nodes of the cluster at ``RAY_ADDRESS`` (else
+a local Ray), the same shard code writing into the same scratch folder, which every node must then reach
+(``tasks.download_ray``); the stats then name the node of each shard (``shard_nodes``). Counts and digest are those of
+one process.
 """
 
 from __future__ import annotations
@@ -42,10 +47,12 @@ from franca_core.data.corpus import PLACEHOLDER
 from franca_core.data.download_causes import CAUSES, SUCCESS
 from franca_core.data.img2dataset_io import finished_shards, merged_stats, read_download_log
 from infra.offline import offline_env
+from tasks import download_worker
 from tasks.common.contract import stage
 from tasks.common.digests import sha256_json
 from tasks.common.store import StageResult, Workspace, move_tree
 from tasks.common.tables import read_parquet, write_parquet
+from tasks.download_ray import shard_nodes
 from tasks.download_server import serve_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +104,9 @@ def img2dataset_spec(dl: DownloadConfig, url_list: str, output_folder: str, allo
     ``url_list``: a Parquet with ``url``, ``caption`` and ``columns`` (passed through into every sample's metadata).
     ``allow_hosts``: added to ``dl.allow_hosts`` (the corpus server of this run). ``skip_reencode``: a JPEG within
     ``long_side`` is stored byte for byte (no decode-resize-encode round trip: faster, no quality loss, and
-    exact-duplicate hashes are the source's). Beyond img2dataset's arguments: ``max_image_pixels`` and the fetch
-    policy's ``allow_hosts``, ``max_bytes``, ``deadline_s`` (``tasks.download_worker.GUARD_KEYS``).
+    exact-duplicate hashes are the source's). Beyond img2dataset's arguments: ``max_image_pixels``, the fetch
+    policy's ``allow_hosts``, ``max_bytes``, ``deadline_s`` (``tasks.download_worker.GUARD_KEYS``) and
+    ``distributor`` (forked processes or Ray tasks).
     """
     return {
         "url_list": url_list, "input_format": "parquet", "url_col": "url", "caption_col": "caption",
@@ -110,7 +118,8 @@ def img2dataset_spec(dl: DownloadConfig, url_list: str, output_folder: str, allo
         "compute_hash": "sha256", "user_agent_token": dl.user_agent_token,
         "disallowed_header_directives": list(dl.disallowed_header_directives), "enable_wandb": False,
         "max_shard_retry": 1, "skip_reencode": True, "max_image_pixels": dl.max_image_pixels,
-        "allow_hosts": [*dl.allow_hosts, *allow_hosts], "max_bytes": dl.max_bytes, "deadline_s": dl.deadline_s}
+        "allow_hosts": [*dl.allow_hosts, *allow_hosts], "max_bytes": dl.max_bytes, "deadline_s": dl.deadline_s,
+        "distributor": dl.distributor}
 
 
 class ShardProgress:
@@ -158,7 +167,7 @@ def run_img2dataset(spec: dict[str, object], work: str, progress: ShardProgress 
     env = {**offline_env(), **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
         str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
     with open(log_path, "ab") as log, subprocess.Popen(
-            [sys.executable, "-m", "tasks.download_worker", spec_path], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", download_worker.__name__, spec_path], stdout=log, stderr=subprocess.STDOUT,
             env=env) as child:
         try:
             while (rc := _wait(child, every_s if progress is not None else None)) is None:
@@ -212,7 +221,9 @@ def _fetch_all(dl: DownloadConfig, subset: StageResult, rows: pa.Table, ws: Work
                 fs.put_file(f"{work}/img2dataset.log", kept_log)
 
 
-@stage("download", reads=("data.download",), inputs=("subset",), retried=True)
+# Where the shards run, not what they hold: same counts and digest with either distributor.
+@stage("download", reads=("data.download",), operational=("data.download.distributor",), inputs=("subset",),
+       retried=True)
 def download(cfg: PipelineConfig, ws: Workspace, subset: StageResult) -> StageResult:
     """Download ``subset`` (a select result) with ``cfg.data.download``; resumes an interrupted download.
 
@@ -236,6 +247,7 @@ def download(cfg: PipelineConfig, ws: Workspace, subset: StageResult) -> StageRe
     shards = [ws.uri(f"shards/{s.rsplit('/', 1)[-1]}") for s in log.column("shard").to_pylist()]
     samples = samples_table(log, rows, shards)
     stats_i2d = merged_stats(fs, partial)
+    nodes = shard_nodes(fs.cat_file(ws.scratch("img2dataset.log")).decode(errors="replace"))
     with ws.writing() as tmp:
         if fs.exists(f"{partial}/_tmp"):
             fs.rm(f"{partial}/_tmp", recursive=True)
@@ -247,4 +259,4 @@ def download(cfg: PipelineConfig, ws: Workspace, subset: StageResult) -> StageRe
     return ws.result(out_digest, {
         **{k: v for k, v in subset.files.items() if k in ("subset", "source_root")}, "shards": "shards",
         "download_stats": "img2dataset_stats.json", "samples": "samples.parquet", "log": "img2dataset.log"},
-        {**subset.stats, "attempted": len(causes), **counts})
+        {**subset.stats, "attempted": len(causes), **counts, **({"shard_nodes": nodes} if nodes else {})})

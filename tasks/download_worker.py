@@ -20,6 +20,8 @@ its spawn pool and logger process each start an interpreter importing img2datase
 seconds of fixed cost on a small machine. With ``processes_count > 1`` the shards go to that many processes forked
 after the imports, each with its own GIL (one process spends about 2 ms of CPU per image, its result loop and its
 download threads sharing one GIL; measured on 2 cores, 2 processes raised the benchmark ratio from 0.54 to 0.73).
+With ``distributor: ray`` in the spec each shard is instead a Ray task on a cluster's nodes (``tasks.download_ray``),
+running the same ``Downloader`` with the same guarded fetch.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from franca_core.data.download_causes import CORRUPT, classify_payload
@@ -40,6 +43,8 @@ from tasks.download_guard import Fetcher, FetchPolicy
 GUARD_KEYS = ("allow_hosts", "max_bytes", "deadline_s")
 
 Result = tuple[Any, Any, Any, Any, Any, Any]  # img2dataset's (img, width, height, orig_w, orig_h, error)
+# Shards (img2dataset's ``(shard id, shard file)`` rows) -> ``(finished, row, node id or "")`` as each one ends.
+Mapper = Callable[[list[Any]], Iterable[tuple[bool, Any, str]]]
 
 
 class SniffingResizer:
@@ -92,61 +97,89 @@ def policy_of(spec: dict[str, Any], guard: dict[str, Any]) -> FetchPolicy:
                        disallowed_header_directives=tuple(spec.get("disallowed_header_directives") or ()))
 
 
-def run(spec: dict[str, Any], max_pixels: int, policy: FetchPolicy) -> None:
-    """``img2dataset.download`` of ``spec``, without its spawn pool and logger (see module docstring)."""
-    global _DOWNLOADER
-    import fsspec
+def build_downloader(spec: dict[str, Any], column_list: list[str], max_pixels: int) -> Any:
+    """img2dataset's ``Downloader`` of ``spec`` (its shard loop), payloads classified by ``SniffingResizer``.
+
+    ``column_list``: the columns of the Reader's shard files (``Reader.column_list``).
+    """
     from img2dataset.downloader import Downloader
-    from img2dataset.reader import Reader
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
 
-    install_fetcher(policy)
-    out = spec["output_folder"]
-    fs, out_path = fsspec.core.url_to_fs(out)
-    fs.makedirs(out_path, exist_ok=True)
-    done = {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in fs.glob(f"{out_path}/*_stats.json")}
-    tmp = f"{out}/_tmp"
-    fs.makedirs(f"{out_path}/_tmp", exist_ok=True)
-    reader = Reader(spec["url_list"], spec["input_format"], spec["url_col"], spec["caption_col"], None, None,
-                    spec["save_additional_columns"], spec["number_sample_per_shard"], done, tmp)
     resizer = SniffingResizer(Resizer(
         image_size=spec["image_size"], resize_mode=spec["resize_mode"],
         resize_only_if_bigger=spec["resize_only_if_bigger"], encode_quality=spec["encode_quality"],
         encode_format=spec["encode_format"], skip_reencode=spec.get("skip_reencode", False)), max_pixels)
-    downloader = Downloader(
+    return Downloader(
         sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=spec["thread_count"],
-        save_caption=True, extract_exif=spec["extract_exif"], output_folder=out, column_list=reader.column_list,
-        timeout=spec["timeout"], number_sample_per_shard=spec["number_sample_per_shard"], oom_shard_count=5,
-        compute_hash=spec["compute_hash"], verify_hash_type=None, encode_format=spec["encode_format"],
-        retries=spec["retries"], user_agent_token=None,  # the token and the directives are the Fetcher's
-        disallowed_header_directives=None)
-    _DOWNLOADER = downloader
+        save_caption=True, extract_exif=spec["extract_exif"], output_folder=spec["output_folder"],
+        column_list=column_list, timeout=spec["timeout"], number_sample_per_shard=spec["number_sample_per_shard"],
+        oom_shard_count=5, compute_hash=spec["compute_hash"], verify_hash_type=None,
+        encode_format=spec["encode_format"], retries=spec["retries"],
+        user_agent_token=None, disallowed_header_directives=None)  # the token and the directives are the Fetcher's
+
+
+def run(spec: dict[str, Any], max_pixels: int, policy: FetchPolicy) -> None:
+    """``img2dataset.download`` of ``spec``, without its spawn pool and logger (see module docstring).
+
+    The Reader cuts the URL list into shard files under ``<output_folder>/_tmp`` here; the shards then go to forked
+    processes (``distributor: local``) or to Ray tasks (``ray``, ``tasks.download_ray``), which read those files.
+    """
+    import fsspec
+    from img2dataset.reader import Reader
+
+    out = spec["output_folder"]
+    fs, out_path = fsspec.core.url_to_fs(out)
+    fs.makedirs(out_path, exist_ok=True)
+    done = {int(p.rsplit("/", 1)[-1].split("_")[0]) for p in fs.glob(f"{out_path}/*_stats.json")}
+    fs.makedirs(f"{out_path}/_tmp", exist_ok=True)
+    reader = Reader(spec["url_list"], spec["input_format"], spec["url_col"], spec["caption_col"], None, None,
+                    spec["save_additional_columns"], spec["number_sample_per_shard"], done, f"{out}/_tmp")
     rows = list(reader)
-    processes = min(int(spec["processes_count"]), len(rows))
-    print(f"download_worker: {len(rows)} shards to download ({len(done)} already done), {processes} process(es) x "
-          f"{spec['thread_count']} threads; fetch policy: {policy}", flush=True)
-    _download_all(rows, processes, 1 + int(spec["max_shard_retry"]))
+    attempts = 1 + int(spec["max_shard_retry"])
+    print(f"download_worker: {len(rows)} shards to download ({len(done)} already done); fetch policy: {policy}",
+          flush=True)
+    if rows and spec.get("distributor", "local") == "ray":  # no Ray started when every shard is done
+        from tasks.download_ray import ray_mapper
+
+        with ray_mapper(spec, reader.column_list, max_pixels, policy) as mapper:
+            _download_all(rows, mapper, attempts)
+    elif rows:
+        with _local_mapper(spec, reader.column_list, max_pixels, policy, len(rows)) as mapper:
+            _download_all(rows, mapper, attempts)
     if fs.exists(f"{out_path}/_tmp"):
         fs.rm(f"{out_path}/_tmp", recursive=True)
 
 
-def _download_all(rows: list[Any], processes: int, attempts: int) -> None:
-    """Every shard of ``rows`` through ``_DOWNLOADER``, in ``processes`` forked processes; a failed shard is retried."""
+@contextlib.contextmanager
+def _local_mapper(spec: dict[str, Any], column_list: list[str], max_pixels: int, policy: FetchPolicy,
+                  n_rows: int) -> Iterator[Mapper]:
+    """Shards through one ``Downloader``, in ``processes_count`` processes forked after the imports."""
+    global _DOWNLOADER
+    install_fetcher(policy)
+    _DOWNLOADER = build_downloader(spec, column_list, max_pixels)
+    processes = max(1, min(int(spec["processes_count"]), n_rows))
+    print(f"download_worker: {processes} process(es) x {spec['thread_count']} threads", flush=True)
     with (multiprocessing.get_context("fork").Pool(processes, initializer=_die_with_parent) if processes > 1
           else contextlib.nullcontext()) as pool:
-        mapper = pool.imap_unordered if pool is not None else map
-        for attempt in range(attempts):  # img2dataset's retrier: failed shards once more
-            failed = []
-            for ok, row in mapper(_download_shard, rows):
-                print(f"download_worker: shard {row[0]:05d} {'finished' if ok else 'failed'}", flush=True)
-                if not ok:
-                    failed.append(row)
-            if not failed:
-                break
-            rows = failed
-            if attempt + 1 < attempts:
-                print(f"download_worker: retrying {len(rows)} failed shard(s)", flush=True)
+        imap = pool.imap_unordered if pool is not None else map
+        yield lambda rows: ((ok, row, "") for ok, row in imap(_download_shard, rows))
+
+
+def _download_all(rows: list[Any], mapper: Mapper, attempts: int) -> None:
+    """Every shard of ``rows`` through ``mapper``; a failed shard is retried (img2dataset's ``max_shard_retry``)."""
+    for attempt in range(attempts):
+        failed = []
+        for ok, row, node in mapper(rows):
+            where = f" on node {node}" if node else ""
+            print(f"download_worker: shard {row[0]:05d} {'finished' if ok else 'failed'}{where}", flush=True)
+            if not ok:
+                failed.append(row)
+        if not failed:
+            break
+        rows = failed
+        if attempt + 1 < attempts:
+            print(f"download_worker: retrying {len(rows)} failed shard(s)", flush=True)
 
 
 def main(spec_path: str) -> int:

@@ -8,20 +8,18 @@ which would also stop other Ray instances on the machine.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -31,7 +29,6 @@ from franca_core.data.shards import ShardIndex, build_loader, write_manifest, wr
 from franca_core.data.synthetic import iter_images
 from franca_core.models.backbone import build_backbone
 from franca_core.models.student_teacher import build_student_teacher
-from infra.offline import offline_env, ray_home
 from tasks.common.runner import run_stage
 from tasks.common.store import StageResult
 from tasks.pretrain import pretrain as pretrain_stage
@@ -45,7 +42,12 @@ def pretrain(cfg: PipelineConfig, dataset: StageResult) -> StageResult:
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
-RAY = str(Path(sys.executable).parent / "ray")
+
+_spec = importlib.util.spec_from_file_location("ray_cluster", Path(__file__).with_name("ray_cluster.py"))
+ray_cluster = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(ray_cluster)  # type: ignore[union-attr]
+two_node_cluster = ray_cluster.two_node_cluster  # the fixture, registered here by name
+_kill_tree_of, _ray_env = ray_cluster.kill_tree_of, ray_cluster.ray_env
 SMALL = ["train.optim.batch_size=4", "train.optim.total_steps=4", "train.optim.warmup_steps=1",
          "train.checkpoint_every=2", "train.log_every=2", "train.loader_workers=1", "train.num_workers=2",
          "train.crops.n_local=1", "train.crops.global_size=32", "train.crops.local_size=16", "train.model.img_size=32",
@@ -79,33 +81,6 @@ def _expected_data_digest(dataset: StageResult, cfg: TrainConfig, steps: int, ra
     return digest
 
 
-def _kill_tree_of(marker: str) -> None:
-    """SIGKILL the processes of a Ray instance of this test: those whose command line or open files name ``marker``
-    (its temp dir; Ray's agents and workers rename themselves but keep their logs open there), and their children."""
-    def ours(p: psutil.Process) -> bool:
-        try:
-            return marker in " ".join(p.cmdline()) or any(marker in f.path for f in p.open_files())
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
-
-    victims = {p.pid: p for p in psutil.process_iter() if p.pid != os.getpid() and ours(p)}
-    for p in list(victims.values()):
-        try:
-            victims.update({c.pid: c for c in p.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
-    for p in victims.values():
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(victims.values()), timeout=30)
-
-
-def _ray_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, **offline_env(), "HOME": str(ray_home()), **extra}
-
-
 # A driver process of its own: a restart after SIGKILL, and a fresh process for RAY_ADDRESS (Ray reads its
 # authentication mode once per process, at import).
 DRIVER = ("import json, sys; from franca_core.config import build_config; from tasks.common.store import StageResult; "
@@ -121,46 +96,11 @@ def _driver_inputs(tmp_path: Path, cfg: PipelineConfig, dataset: StageResult) ->
     return config_file, dataset_file
 
 
-# `ray start --address` refuses to start a worker node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with =1 it
-# rewrites 127.0.0.1 to the host's routable address (found with a UDP connect to 8.8.8.8; seen with strace). So the
-# second node is started the way `ray start --address` does it after that check: ray._private.node.Node(head=False).
-WORKER_NODE = """
-import sys
-from ray._private import node, parameter
-from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-ensure_token_if_auth_enabled(None, create_token_if_missing=False)
-params = parameter.RayParams(gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1, temp_dir=sys.argv[2])
-node.Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False, connect_only=False)
-"""
-
-
 @pytest.fixture(autouse=True)
 def fast_controller(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray Train's controller polls workers every 2 s and a worker's next report() waits for that poll; the tests
     report every step or two, so they poll faster (inherited by the Ray processes the tests start)."""
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-
-
-@pytest.fixture
-def two_node_cluster() -> Iterator[str]:
-    """`ray start --head` + a worker node on 127.0.0.1, one CPU each, separate temp dirs, token authentication."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp = [tempfile.mkdtemp(prefix="frh-"), tempfile.mkdtemp(prefix="frw-")]  # short: Ray's socket paths
-    env = _ray_env(RAY_AUTH_MODE="token")  # Ray 2.60 clusters use token auth; the token lives in the Ray HOME
-    try:
-        if not (ray_home() / ".ray" / "auth_token").is_file():
-            subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-        subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", "--temp-dir",
-                        temp[0], "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=300)
-        subprocess.run([sys.executable, "-c", WORKER_NODE, f"127.0.0.1:{port}", temp[1]], env=env, check=True,
-                       capture_output=True, timeout=300)
-        yield f"127.0.0.1:{port}"
-    finally:
-        for folder in reversed(temp):
-            _kill_tree_of(folder)
 
 
 def test_pretrain__two_workers_stay_in_sync(dataset: StageResult, tmp_path: Path) -> None:
