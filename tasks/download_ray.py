@@ -11,7 +11,7 @@ in one process: a shard is done when its ``_stats.json`` exists. The driver logs
 which ``shard_nodes`` reads back from the log.
 
 Ray is the cluster at ``RAY_ADDRESS``, else a local Ray bound to 127.0.0.1, on the rules of
-``tasks.pretrain.ray_session``: the nodes get the offline settings through ``runtime_env`` and credentials only
+``tasks.common.ray_session``: the nodes get the offline settings through ``runtime_env`` and credentials only
 through their own environment (a local Ray's workers inherit this process's). The corpus server of a generated
 corpus stays in the stage's process on 127.0.0.1 (allow-listed as in one process): reachable from nodes on this
 machine only.
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from infra.offline import apply_offline_env, offline_env, ray_home
+from tasks.common.ray_session import ray_session
 from tasks.download_guard import FetchPolicy
 from tasks.download_worker import Mapper
 
@@ -71,38 +71,10 @@ def download_shard(spec: dict[str, Any], column_list: list[str], max_pixels: int
 
 
 @contextmanager
-def ray_connection() -> Iterator[None]:
-    """Attach to the cluster at ``RAY_ADDRESS``, else start a local Ray on 127.0.0.1; shut down at the end.
-
-    The caller is a process of its own that applied the offline settings before anything imported ``ray``
-    (``download_worker.main``). ``HOME`` is Ray's own (``infra.offline.ray_home``) for the session: its
-    ``ray_bootstrap_config.yaml`` stops cloud probes and a cluster's authentication token lives there.
-    """
-    apply_offline_env()
-    import ray
-
-    runtime_env = {"env_vars": offline_env(loopback=False)}  # never credentials: Ray shows runtime_env around
-    cluster = os.environ.get("RAY_ADDRESS")
-    previous_home = os.environ.get("HOME")
-    os.environ["HOME"] = str(ray_home())
-    try:
-        if cluster:
-            ray.init(address=cluster, runtime_env=runtime_env, log_to_driver=True)
-        else:  # "local": never attach to another `ray start` cluster found in /tmp/ray
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                     _node_ip_address="127.0.0.1", runtime_env=runtime_env)
-        yield
-    finally:
-        ray.shutdown()
-        if previous_home is not None:
-            os.environ["HOME"] = previous_home
-
-
-@contextmanager
 def ray_mapper(spec: dict[str, Any], column_list: list[str], max_pixels: int,
                policy: FetchPolicy) -> Iterator[Mapper]:
     """A ``download_worker.Mapper`` running each shard as a Ray task, results in the order shards finish."""
-    with ray_connection():
+    with ray_session():
         import ray
 
         task = ray.remote(download_shard).options(num_cpus=1, scheduling_strategy="SPREAD")

@@ -11,12 +11,8 @@ never train into one directory.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.fs
@@ -27,65 +23,14 @@ from safetensors.torch import save as safetensors_bytes
 
 from franca_core.checkpoint import load_checkpoint
 from franca_core.config import PipelineConfig, TrainConfig
-from infra.offline import (
-    apply_offline_env,
-    bind_rendezvous_to_master_addr,
-    offline_env,
-    ray_home,
-    ray_imported_too_early,
-)
 from tasks.common.contract import stage
+from tasks.common.ray_session import ray_session
 from tasks.common.store import StageResult, StageStore, Workspace
 from tasks.pretrain_loop import STATE_FILE, train_loop_per_worker
 
 # Fields that change how a run is operated, not what it computes: they stay out of the key (and run name).
 OPERATIONAL_FIELDS = ("train.log_every", "train.max_failures", "train.fail_once_at_step", "train.keep_checkpoints",
                       "train.cpus_per_worker")
-
-
-def ray_worker_setup() -> None:
-    """Ray worker setup hook: torch.distributed's store listens on ``MASTER_ADDR`` only (``infra.offline``); and,
-    without the dashboard, Ray Train's placement-group cleaner cannot reach the state API and warns about it every
-    second: that warning (and only it) is muted."""
-    bind_rendezvous_to_master_addr()
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
-@contextmanager
-def ray_session(cfg: TrainConfig) -> Iterator[None]:
-    """Use a running Ray (``ray.is_initialized()`` or ``RAY_ADDRESS``), else start a local one bound to 127.0.0.1.
-
-    Credentials never go into ``runtime_env`` (Ray keeps it in the GCS and shows it on the dashboard): a local Ray's
-    workers inherit this process's environment (``AWS_*`` included); a cluster's nodes have their own (or an IAM
-    role), and get only the offline settings, not the loopback ones, which would cut their nodes apart.
-    """
-    if ray.is_initialized():
-        yield
-        return
-    apply_offline_env()
-    cluster = os.environ.get("RAY_ADDRESS")
-    if not cluster and ray_imported_too_early():
-        raise RuntimeError(
-            "`ray` was imported before infra.offline.apply_offline_env() ran, so a local Ray would resolve its node "
-            "address to a routable one and listen on every interface. Apply it before anything imports ray (the "
-            "franca CLI and `franca stack`'s worker do; in your own script call it first or export "
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), or set RAY_ADDRESS to use a cluster")
-    runtime_env = {"env_vars": offline_env(loopback=False), "worker_process_setup_hook": f"{__name__}.ray_worker_setup"}
-    previous_sigint, previous_home = signal.getsignal(signal.SIGINT), os.environ.get("HOME")
-    os.environ["HOME"] = str(ray_home())  # Ray's processes read ray_bootstrap_config.yaml from $HOME (STACK.md)
-    try:
-        if cluster:
-            ray.init(address=cluster, runtime_env=runtime_env, log_to_driver=True)
-        else:  # "local": never attach to another `ray start` cluster found in /tmp/ray
-            need = math.ceil(cfg.num_workers * cfg.cpus_per_worker)
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", runtime_env=runtime_env)
-        yield
-    finally:
-        if previous_home is not None:
-            os.environ["HOME"] = previous_home
-        ray.shutdown()
-        signal.signal(signal.SIGINT, previous_sigint)  # Ray leaves its own handler behind
 
 
 def _ray_storage(store: StageStore, path: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -148,6 +93,6 @@ def pretrain(cfg: PipelineConfig, ws: Workspace, dataset: StageResult) -> StageR
     """Pretrain Franca on the dataset's kept shards with Ray Train; resumes an unfinished run of the same key."""
     manifest = dataset.files.get("manifest", f"{dataset.uri.rstrip('/')}/manifest.parquet")
     ws.fs.makedirs(ws.path, exist_ok=True)
-    with ray_session(cfg.train):
+    with ray_session(math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker)):
         result = build_trainer(cfg.train, manifest, ws).fit()
     return _publish(ws, cfg.train, dataset, result)

@@ -119,8 +119,8 @@ def test_pretraining__every_listener_binds_loopback(dataset: StageResult, tmp_pa
 
 def test_ray_session__refuses_a_local_ray_imported_before_the_loopback_settings(tmp_path: Path) -> None:
     code = ("import ray; from infra.offline import apply_offline_env; apply_offline_env(); "
-            "from franca_core.config import load_config; from tasks.pretrain import ray_session\n"
-            "with ray_session(load_config('tiny').train): pass")
+            "from tasks.common.ray_session import ray_session\n"
+            "with ray_session(): pass")
     env = {k: v for k, v in os.environ.items() if k not in LOOPBACK_ENV and k != "RAY_ADDRESS"}
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "imported before infra.offline.apply_offline_env()" in run.stderr, run.stderr[-3000:]
@@ -131,7 +131,7 @@ def test_ray_session__credentials_reach_workers_by_environment_not_runtime_env(m
                                                                                tmp_path: Path) -> None:
     import ray
 
-    from tasks.pretrain import ray_session
+    from tasks.common.ray_session import ray_session
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
     ray_tmp = tempfile.mkdtemp(prefix="frc-")
@@ -143,7 +143,7 @@ def test_ray_session__credentials_reach_workers_by_environment_not_runtime_env(m
         return os.environ.get("AWS_SECRET_ACCESS_KEY")
 
     try:
-        with ray_session(load_config("tiny", ["train.num_workers=1"]).train):
+        with ray_session(1):
             runtime_env = json.dumps(ray.get_runtime_context().runtime_env)
             assert "AWS_" not in runtime_env and FAKE_SECRET not in runtime_env, runtime_env
             assert ray.get(worker_env.remote()) == FAKE_SECRET
