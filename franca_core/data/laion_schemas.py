@@ -26,14 +26,16 @@ The release layouts this relies on (looked up, not guessed; the files themselves
   LICENSE, NSFW, similarity`` (TensorFlow Datasets' ``laion400m`` builder reads ``NSFW`` with the tags
   UNLIKELY / UNSURE / NSFW and ``LICENSE``; img2dataset's ``dataset_examples/laion400m.md`` keeps
   ``NSFW, similarity, LICENSE`` with ``--url_col URL --caption_col TEXT``).
-- laion2B-en / laion2B-multi / laion1B-nolang (arXiv:2210.08402; ``part-*.snappy.parquet`` on Hugging Face):
-  ``URL, TEXT`` with ``WIDTH, HEIGHT, similarity`` and, in the ``-joined`` releases, ``hash, punsafe, pwatermark``
-  (``LANGUAGE`` in -multi); the aesthetic subsets add ``aesthetic`` or ``AESTHETIC_SCORE`` (img2dataset's
-  ``laion5B.md`` and ``laion-aesthetic.md`` keep ``similarity, hash, punsafe, pwatermark, aesthetic``).
-- Re-LAION research-safe (``laion/relaion2B-en-research-safe``, gated): ``url, caption``, ``similarity, hash,
-  punsafe, pwatermark`` and img2dataset's output columns (``key, status, error_message, width, height,
-  original_width, original_height, exif, md5``): ``width``/``height`` there are after resizing, so the
-  ``original_*`` ones come first.
+- laion2B-en / laion2B-multi / laion1B-nolang (arXiv:2210.08402; 128 ``part-*.snappy.parquet`` each on Hugging
+  Face): the LAION-400M layout as far as these sources show (img2dataset's ``laion5B.md`` reads them with
+  ``--url_col URL --caption_col TEXT`` and keeps ``NSFW, similarity, LICENSE``; TensorFlow Datasets' ``laion2b``
+  builder reads the same NSFW tags; ``LANGUAGE`` in -multi); the ``-joined`` releases add ``punsafe, pwatermark``
+  (and ``hash``); the aesthetic subsets add ``aesthetic`` or ``AESTHETIC_SCORE`` (``laion-aesthetic.md`` keeps
+  ``similarity, hash, punsafe, pwatermark, aesthetic``).
+- Re-LAION research-safe (``laion/relaion2B-en-research-safe``, gated; public scripts that load it name every
+  column): ``url, caption``, ``similarity, hash, punsafe, pwatermark`` and img2dataset's output columns (``key,
+  status, error_message, width, height, original_width, original_height, exif, md5``): ``width``/``height`` there
+  are after resizing, so the ``original_*`` ones come first.
 - DataComp CommonPool / DataComp-1B (arXiv:2304.14108, mlfoundations/datacomp): ``uid, url, text,
   original_width, original_height, clip_b32_similarity_score, clip_l14_similarity_score, face_bboxes, sha256``.
 

@@ -91,7 +91,8 @@ def test_select__laion400m_schema_nsfw_tags_filter_and_missing_scores_skipped(ca
     assert select_file(table, SelectConfig(nsfw_tags=None))[0].num_rows == 6  # the NSFW-tag filter switched off
 
 
-def test_select__laion2b_joined_schema_filters_punsafe_and_keeps_aesthetic() -> None:
+def test_select__laion2b_en_joined_schema_filters_punsafe_and_keeps_aesthetic() -> None:
+    """laion2B-en's own metadata has the LAION-400M layout (above); its -joined and -aesthetic releases these."""
     n = 5
     table = pa.table({"URL": [f"http://x/{i}" for i in range(n)], "TEXT": ["t"] * n, "WIDTH": [640.0] * n,
                       "HEIGHT": [480.0] * n, "similarity": [0.3] * n, "hash": list(range(n)),
