@@ -14,12 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from franca_core.data.laion_schemas import MetadataError, find_column
-from tasks.common.digests import fs_of, is_remote
-
-
-def has_magic(path: str) -> bool:
-    """True for a glob pattern."""
-    return any(c in path for c in "*?[")
+from tasks.common.digests import fs_of, glob_base, has_magic, is_remote
 
 
 def parts_base(uri: str) -> str:
@@ -27,7 +22,7 @@ def parts_base(uri: str) -> str:
     path = fs_of(uri)[1]
     if not has_magic(path):
         return path.rstrip("/")
-    return path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+    return glob_base(path)
 
 
 def list_parts(uri: str) -> list[str]:

@@ -4,14 +4,13 @@
 (a Parquet file, or a folder or ``s3://`` prefix of Parquet parts such as LAION's ``part-*.parquet``), or an image
 set (a ../shared/data Parquet or an image folder), which is written out as a corpus. Metadata and image sets are told
 apart by content: a Parquet (the first part of a folder, by name) with a URL column (``url``/``URL`` or
-``data.columns.url``) is metadata. A glob of parts is listed the same way, but the stage key cannot hash a glob yet
-(``tasks/common/digests.content_digest`` takes a file or a folder, so keying fails naming ``data.source``): name the
-parts' folder. Metadata is copied into the stage's output (a snapshot: later stages read what the key hashed, even
-if the original is rewritten in place), part by part for a folder (``metadata/<relative path>``); the result's
-digest is the file's sha256, or for parts the sha256 of their sorted ``(relative path, sha256)`` list (what
-``content_digest`` gives a folder). Generated corpora land in the output folder:
-``metadata.parquet``, ``annotations.parquet`` (labels, masks, planted faults: kept aside for evaluation and tests)
-and ``www/`` (the files the download stage serves on 127.0.0.1).
+``data.columns.url``) is metadata. A glob of parts (``.../part-*.parquet``) is listed the same way and keyed by its
+matches' content (relative to the folder before its first wildcard). Metadata is copied into the stage's output
+(a snapshot: later stages read what the key hashed, even if the original is rewritten in place), part by part for
+a folder (``metadata/<relative path>``); the result's digest is the file's sha256, or for parts the sha256 of their
+sorted ``(relative path, sha256)`` list (what ``content_digest`` gives a folder). Generated corpora land in the
+output folder: ``metadata.parquet``, ``annotations.parquet`` (labels, masks, planted faults: kept aside for
+evaluation and tests) and ``www/`` (the files the download stage serves on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ from franca_core.config import PipelineConfig
 from franca_core.data.corpus import image_set_corpus, synthetic_corpus
 from franca_core.data.image_sets import iter_image_set
 from tasks.common.contract import stage
-from tasks.common.digests import fs_of, is_remote, sha256_file, sha256_json
+from tasks.common.digests import fs_of, has_magic, is_remote, sha256_file, sha256_json
 from tasks.common.store import StageResult, Workspace
 from tasks.common.tables import write_parquet
-from tasks.metadata_parts import has_magic, is_metadata, list_parts, parts_base
+from tasks.metadata_parts import is_metadata, list_parts, parts_base
 
 
 class SourceChangedError(RuntimeError):
@@ -77,10 +76,11 @@ def _snapshot_parts(src: str, ws: Workspace) -> StageResult:
             hashed.append((rel, _copy(part, ws.fs, f"{tmp}/metadata/{rel}")))
     digest = sha256_json({"folder": sorted(hashed)})
     expected = ws.recipe.get("files", {}).get("data.source")
-    if expected is not None and not has_magic(src):  # the key hashed every file of the folder (a _SUCCESS too)
+    if expected is not None:  # the key hashed every file of the folder or glob (a _SUCCESS too)
         copied = {fs_of(p)[1] for p in parts}
+        listed = fs.glob(fs_of(src)[1]) if has_magic(src) else fs.find(base)
         others = [(p[len(base):].lstrip("/"), sha256_file(fs.unstrip_protocol(p) if is_remote(src) else p))
-                  for p in fs.find(base) if p not in copied]
+                  for p in listed if p not in copied and not fs.isdir(p)]
         if sha256_json({"folder": sorted(hashed + others)}) != expected:
             raise SourceChangedError(f"data.source {src!r} changed while it was being read; run again")
     rows = sum(pq.read_metadata(ws.fs.open(f"{ws.path}/metadata/{rel}", "rb")).num_rows for rel, _ in hashed)

@@ -111,13 +111,31 @@ def _file_digest(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any],
     return sha
 
 
+def has_magic(path: str) -> bool:
+    """True for a glob pattern."""
+    return any(c in path for c in "*?[")
+
+
+def glob_base(path: str) -> str:
+    """The folder of a glob before its first wildcard (what its matches are named relative to)."""
+    return path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+
+
 def content_digest(uri: str, memo: DigestMemo | None = None) -> str:
-    """sha256 of a file's bytes, or of a folder's sorted ``(relative path, sha256)`` list; remembered in ``memo``.
+    """sha256 of a file's bytes, or of the sorted ``(relative path, sha256)`` list of a folder or of a glob's matches
+    (relative to the folder before its first wildcard); each file's sha256 remembered in ``memo``.
 
     Raises:
-        FileNotFoundError: nothing at ``uri`` (the message names it).
+        FileNotFoundError: nothing at ``uri``, or a glob matching no file (the message names it).
     """
     fs, path = fs_of(uri)
+    if has_magic(path):
+        found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") != "directory"}
+        if not found:
+            raise FileNotFoundError(f"{uri!r} matches no file")
+        base = glob_base(path)
+        return sha256_json({"folder": sorted((p[len(base):].lstrip("/"), _file_digest(fs, p, i, memo))
+                                             for p, i in found.items())})
     try:
         info = fs.info(path)
     except FileNotFoundError:

@@ -88,6 +88,24 @@ def test_source__parts_folder_snapshot_part_by_part_keyed_by_content(tmp_path: P
     assert not again.cached and again.digest != src.digest and again.stats["rows"] == 9 and source(cfg).cached
 
 
+def test_source__glob_of_parts_keyed_by_its_matches_content(tmp_path: Path, make_data_config) -> None:
+    folder = tmp_path / "relaion"
+    folder.mkdir()
+    for i in range(3):
+        _laion(folder / f"part-{i:05d}.parquet", i + 1)
+    _laion(folder / "other.parquet", 4)  # not matched: neither in the key nor in the snapshot
+    cfg = make_data_config(tmp_path / "store", f"data.source={folder}/part-*.parquet")
+    src = source(cfg)
+    assert src.stats == {"rows": 6, "parts": 3}
+    _laion(folder / "other.parquet", 7)
+    assert source(cfg).cached  # an unmatched file changed: same key
+    _laion(folder / "part-00002.parquet", 2)  # a matched part rewritten in place
+    again = source(cfg)
+    assert not again.cached and again.stats["rows"] == 5
+    with pytest.raises(FileNotFoundError, match="data.source names .*none-.*which does not exist"):
+        source(make_data_config(tmp_path / "store", f"data.source={folder}/none-*.parquet"))
+
+
 @pytest.fixture
 def s3_bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A bucket on ``moto_server`` (127.0.0.1, a free port), dummy credentials in the environment."""
