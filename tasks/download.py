@@ -137,6 +137,7 @@ class ShardProgress:
         return sum(n for n, _ in self.counts.values())
 
     def _scan(self) -> None:
+        self.fs.invalidate_cache(self.path)  # the worker process writes them: s3fs would serve a cached listing
         for path in self.fs.glob(f"{self.path}/*_stats.json") if self.fs.exists(self.path) else []:
             if path not in self.counts:
                 try:

@@ -25,6 +25,7 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
 def finished_shards(fs: AbstractFileSystem, folder: str) -> list[str]:
     """Shard ids (``"00000"``, ...) whose ``_stats.json`` exists, sorted."""
+    fs.invalidate_cache(folder)  # another process wrote them: an object store's cached listing would miss some
     names = [p.rsplit("/", 1)[-1] for p in fs.glob(f"{folder}/*_stats.json")]
     return sorted(n.split("_", 1)[0] for n in names)
 

@@ -83,6 +83,7 @@ class StageLock:
                 with open(self.path, "rb") as f:
                     raw = f.read()
             else:
+                fs.invalidate_cache(self.path)  # another run writes it: never judge it from a cached listing
                 info = fs.info(self.path)
                 modified = info.get("LastModified")
                 age = (datetime.now(UTC) - modified).total_seconds() if isinstance(modified, datetime) else 0.0

@@ -56,6 +56,7 @@ def move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
     if is_local_fs(fs):
         os.replace(src, dst)  # a rename: fails rather than nesting src inside an existing dst
         return
+    fs.invalidate_cache(src)  # written by another process (e.g. img2dataset's): a cached listing would drop files
     files = fs.find(src)
     fs.copy(files, [dst + f[len(src):] for f in files])
     fs.rm(src, recursive=True)
