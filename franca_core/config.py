@@ -266,6 +266,8 @@ class RasaConfig(_Section):
     holdout: float = Field(0.2, gt=0, lt=1)  # fraction of images held out to measure the position MSE
     dataset: str | None = None  # Parquet or ImageFolder to fit on; None: the caller's choice
     resolution: int | None = Field(None, gt=0)  # short side in px; None: the set's own size
+    # how rounds compose: each plane against all earlier ones (an exact projector) or Franca's per-round product
+    composition: Literal["orthogonal", "sequential"] = "orthogonal"
 
 
 class HighresConfig(_Section):

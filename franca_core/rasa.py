@@ -9,10 +9,17 @@ Gram-Schmidt orthonormalises its two weight rows into u_r, u_c and projects that
 x <- x - <x, u_r> u_r - <x, u_c> u_c. After all rounds the composite is one (D, D) matrix ``P`` applied to patch
 tokens as ``x @ P``; CLS is never touched.
 
-One deliberate difference from the reference: each new pair is also orthogonalised against the planes of the
-earlier rounds. The residual features have no component in those planes, so this changes no prediction of the
-round's regressor, but it makes the composite exactly the orthogonal projector ``I - U^T U`` (U: all directions,
-(2 * rounds, D)), which equals the round-by-round product and is symmetric.
+How the rounds compose (``RasaConfig.composition``, FRANCA_METHOD.md "RASA"):
+- ``sequential`` (Franca's code): each round's two rows are orthonormalised with each other only, and the composite is
+  the product of the per-round projections in fitting order, P = P_1 P_2 ... P_T with P_t = I - u_r u_r^T - u_c u_c^T.
+  A later plane may lean into an earlier one, so P is neither symmetric nor idempotent and its output can keep
+  components along earlier planes.
+- ``orthogonal``: each new pair is also orthogonalised against the planes of all earlier rounds. On the residual
+  features (which have no component in those planes) this changes no prediction of the round's regressor, and the
+  composite is exactly the orthogonal projector ``I - U^T U`` (U: all directions, (2 * rounds, D)), symmetric and
+  idempotent. On the same round weights the two maps differ by a few percent.
+In both, the stored ``directions`` are the per-round planes as applied, so projecting them out round by round
+reproduces ``matrix``.
 
 Augmentation (flips and 90-degree rotations) is done on the images before the backbone (``dihedral``), so a token's
 target is always its cell in the grid the backbone saw: a regressor can only use absolute-position signal, not
@@ -22,7 +29,7 @@ target is always its cell in the grid the backbone saw: a regressor can only use
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -81,10 +88,12 @@ class RasaResult:
 
     Attributes:
         matrix: (D, D) composite; patch tokens ``x`` (..., D) become ``x @ matrix``.
-        directions: (2 * rounds, D) orthonormal rows, two per round in fitting order.
+        directions: (2 * rounds, D) unit rows, two per round in fitting order (all orthonormal when
+            ``composition`` is orthogonal; orthonormal within each round when sequential).
         rounds: per-round held-out MSE before / after.
         chance: MSE of a constant 0.5 prediction on this grid.
         grid: (h, w) of the patch grid it was fitted on.
+        composition: how the rounds were composed (``RasaConfig.composition``).
     """
 
     matrix: torch.Tensor
@@ -92,6 +101,7 @@ class RasaResult:
     rounds: list[RasaRound] = field(default_factory=list)
     chance: float = 0.0
     grid: tuple[int, int] = (0, 0)
+    composition: str = "orthogonal"
 
     @property
     def mse_before(self) -> float:
@@ -104,11 +114,11 @@ class RasaResult:
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures (no tensors)."""
         return {"mse_before": self.mse_before, "mse_after": self.mse_after, "chance": self.chance,
-                "grid": list(self.grid), "rounds": [asdict(r) for r in self.rounds]}
+                "grid": list(self.grid), "composition": self.composition, "rounds": [asdict(r) for r in self.rounds]}
 
 
 def apply_projection(tokens: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Project (..., D) tokens with a (D, D) RASA matrix (symmetric, so ``x @ P == x @ P.T``)."""
+    """Project (..., D) tokens with a (D, D) RASA matrix as ``x @ P`` (not symmetric when composed sequentially)."""
     return tokens @ matrix.to(tokens.dtype)
 
 
@@ -135,6 +145,44 @@ def gram_schmidt(rows: torch.Tensor, basis: torch.Tensor | None = None, eps: flo
                              "the features may carry no linear position signal left")
         out.append(v / norm)
     return torch.stack(out).to(rows.dtype)
+
+
+def round_plane(weight: torch.Tensor, earlier: torch.Tensor | None, composition: str) -> torch.Tensor:
+    """The (2, D) orthonormal plane one round removes, from its regressor's (2, D) weight.
+
+    ``orthogonal`` also orthogonalises it against the ``earlier`` rounds' directions; ``sequential`` (Franca's code)
+    against its own two rows only.
+    """
+    if composition not in ("orthogonal", "sequential"):
+        raise ValueError(f"RASA composition must be 'orthogonal' or 'sequential', got {composition!r}")
+    return gram_schmidt(weight, earlier if composition == "orthogonal" else None)
+
+
+def composite_matrix(directions: torch.Tensor, composition: str) -> torch.Tensor:
+    """The (D, D) map of the (2 * rounds, D) per-round planes, for tokens as ``x @ P``.
+
+    ``orthogonal``: I - U^T U (the planes are mutually orthonormal). ``sequential``: the product of the per-round
+    projections I - U_t^T U_t in fitting order, computed in float64.
+    """
+    d = directions.shape[1]
+    if composition == "orthogonal":
+        return torch.eye(d, dtype=directions.dtype) - directions.t() @ directions
+    eye = torch.eye(d, dtype=torch.float64)
+    matrix = eye
+    for start in range(0, directions.shape[0], 2):
+        plane = directions[start : start + 2].double()
+        matrix = matrix @ (eye - plane.t() @ plane)
+    return matrix.to(directions.dtype)
+
+
+def compose_rounds(weights: Sequence[torch.Tensor], composition: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(matrix (D, D), directions (2 * rounds, D)) of a sequence of (2, D) round weights, in fitting order."""
+    if not weights:
+        raise ValueError("RASA needs at least one round's weights to compose")
+    directions = weights[0].new_zeros((0, weights[0].shape[1]))
+    for weight in weights:
+        directions = torch.cat([directions, round_plane(weight, directions, composition)])
+    return composite_matrix(directions, composition), directions
 
 
 @contextmanager
@@ -234,19 +282,18 @@ def fit_rasa(train: torch.Tensor, test: torch.Tensor, cfg: RasaConfig, seed: int
     if train.shape[1:] != test.shape[1:]:
         raise ValueError(f"RASA train/test token grids differ: {tuple(train.shape[1:])} vs {tuple(test.shape[1:])}")
     gen = torch.Generator().manual_seed(seed)
-    d = train.shape[-1]
     x_train, x_test = train.float(), test.float()
-    basis = x_train.new_zeros((0, d))
+    basis = x_train.new_zeros((0, train.shape[-1]))
     before: list[float] = []
     for _ in range(cfg.rounds):
         weight = fit_probe(x_train, cfg, gen)
         before.append(probe_mse(weight, x_test))
-        plane = gram_schmidt(weight, basis)
+        plane = round_plane(weight, basis, cfg.composition)
         basis = torch.cat([basis, plane])
         x_train, x_test = project_out(x_train, plane), project_out(x_test, plane)
     final = probe_mse(fit_probe(x_train, cfg, gen), x_test)
     after = [*before[1:], final]
     rounds = [RasaRound(i + 1, b, a) for i, (b, a) in enumerate(zip(before, after))]
-    matrix = torch.eye(d) - basis.t() @ basis
     h, w = train.shape[1:3]
-    return RasaResult(matrix=matrix, directions=basis, rounds=rounds, chance=chance_mse(h, w), grid=(h, w))
+    return RasaResult(matrix=composite_matrix(basis, cfg.composition), directions=basis, rounds=rounds,
+                      chance=chance_mse(h, w), grid=(h, w), composition=cfg.composition)

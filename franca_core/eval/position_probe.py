@@ -58,7 +58,7 @@ def split_images(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.
 def fit_rasa_on(backbone: nn.Module, evalset: EvalSet, cfg: RasaConfig, batch_size: int = 128,
                 seed: int = 0) -> RasaResult:
     """Fit RASA on (at most ``cfg.max_images`` of) an image set: all augmented views of the fitting images,
-    identity views of the held-out ones."""
+    identity views of the held-out ones; the rounds compose as ``cfg.composition`` (``franca_core.rasa``)."""
     tokens = augmented_tokens(backbone, evalset, cfg.views, batch_size, seed, limit=cfg.max_images)
     fit_idx, test_idx = split_images(len(tokens), cfg.holdout, seed)
     train = tokens[torch.from_numpy(fit_idx)].flatten(0, 1)  # (n_fit * views, h, w, D)
@@ -68,7 +68,8 @@ def fit_rasa_on(backbone: nn.Module, evalset: EvalSet, cfg: RasaConfig, batch_si
 
 def position_probe_on(patch: torch.Tensor, cfg: RasaConfig, seed: int = 0,
                       matrix: torch.Tensor | None = None) -> dict[str, float]:
-    """The RASA position probe on cached (n, h, w, D) patch tokens (optionally projected by a RASA matrix)."""
+    """The RASA position probe on cached (n, h, w, D) patch tokens (optionally projected as ``x @ matrix``; a
+    sequentially composed matrix is not symmetric, so the order matters)."""
     fit_idx, test_idx = split_images(len(patch), cfg.holdout, seed)
     tokens = patch.float() if matrix is None else patch.float() @ matrix
     return position_probe(tokens[torch.from_numpy(fit_idx)], tokens[torch.from_numpy(test_idx)], cfg, seed)

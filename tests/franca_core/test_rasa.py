@@ -18,6 +18,7 @@ from franca_core.models.io import load_backbone, save_backbone
 from franca_core.models.rasa_backbone import RasaBackbone
 from franca_core.rasa import (
     chance_mse,
+    compose_rounds,
     dihedral,
     dihedral_choices,
     fit_rasa,
@@ -67,14 +68,75 @@ def test_fit_rasa__planted_position_code_is_removed_to_chance() -> None:
     assert res.directions.shape == (8, 64)
 
 
-def test_fit_rasa__stored_matrix_equals_round_by_round_projection() -> None:
+@pytest.mark.parametrize("composition", ["orthogonal", "sequential"])
+def test_fit_rasa__stored_matrix_equals_round_by_round_projection(composition: str) -> None:
     test = _planted(50, seed=2)
-    res = fit_rasa(_planted(300), test, FAST)
+    res = fit_rasa(_planted(300), test, FAST.model_copy(update={"composition": composition}))
     stepwise = test.clone()
     for r in range(len(res.rounds)):
         stepwise = project_out(stepwise, res.directions[2 * r : 2 * r + 2])
     assert torch.allclose(test @ res.matrix, stepwise, atol=1e-5)
-    assert torch.allclose(res.matrix, res.matrix.t(), atol=1e-6)  # an orthogonal projector
+    assert res.composition == composition and res.summary()["composition"] == composition
+    if composition == "orthogonal":
+        assert torch.allclose(res.matrix, res.matrix.t(), atol=1e-6)  # an orthogonal projector
+    assert abs(res.mse_after - res.chance) <= 0.1 * res.chance, res.summary()
+
+
+def _franca_round_map(weight: torch.Tensor) -> torch.Tensor:
+    """Franca's ``decompose_pos_2D`` as a (D, D) map for row vectors: u_r = w_r / |w_r|, u_c = w_c orthonormalised
+    against u_r only, I - u_r u_r^T - u_c u_c^T (float64)."""
+    w = weight.double()
+    u_r = w[0] / w[0].norm()
+    u_c = w[1] - (w[1] @ u_r) * u_r
+    u_c = u_c / u_c.norm()
+    return torch.eye(w.shape[1], dtype=torch.float64) - torch.outer(u_r, u_r) - torch.outer(u_c, u_c)
+
+
+def _round_weights(rounds: int = 9, dim: int = 192, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, dim, generator=g) for _ in range(rounds)]
+
+
+def test_compose_rounds__sequential_is_the_product_of_franca_round_maps() -> None:
+    weights = _round_weights()
+    matrix, directions = compose_rounds(weights, "sequential")
+    expected = torch.eye(192, dtype=torch.float64)
+    for weight in weights:
+        expected = expected @ _franca_round_map(weight)
+    assert torch.allclose(matrix.double(), expected, atol=1e-5)
+    assert directions.shape == (18, 192)
+    x = torch.randn(5, 192, generator=torch.Generator().manual_seed(1))
+    stepwise = x.double()
+    for weight in weights:  # applied round by round, as Franca's RASAHead.forward does
+        stepwise = stepwise @ _franca_round_map(weight)
+    assert torch.allclose((x @ matrix).double(), stepwise, atol=1e-5)
+    assert not torch.allclose(matrix, matrix.t(), atol=1e-3)  # planes of different rounds overlap
+
+
+def test_compose_rounds__orthogonal_is_a_symmetric_idempotent_projector() -> None:
+    weights = _round_weights()
+    matrix, directions = compose_rounds(weights, "orthogonal")
+    assert torch.allclose(directions @ directions.t(), torch.eye(18), atol=1e-5)
+    assert torch.allclose(matrix, matrix.t(), atol=1e-6)
+    assert torch.allclose(matrix @ matrix, matrix, atol=1e-5)
+    assert float(torch.trace(matrix)) == pytest.approx(192 - 18, abs=1e-3)  # rank of a projector = its trace
+    for weight in weights:  # every round's plane is removed entirely
+        assert float((weight @ matrix).abs().max()) < 1e-4
+
+
+def test_compose_rounds__sequential_and_orthogonal_differ_by_a_few_percent() -> None:
+    gaps = []
+    for seed in range(5):
+        weights = _round_weights(seed=seed)
+        seq, _ = compose_rounds(weights, "sequential")
+        orth, _ = compose_rounds(weights, "orthogonal")
+        gaps.append(float(torch.linalg.matrix_norm(seq - orth) / torch.linalg.matrix_norm(orth)))
+    assert all(0.02 < gap < 0.15 for gap in gaps), gaps  # about 6 % at D = 192, the tiny width
+
+
+def test_compose_rounds__unknown_composition_raises_naming_it() -> None:
+    with pytest.raises(ValueError, match="'diagonal'"):
+        compose_rounds(_round_weights(1), "diagonal")
 
 
 def test_fit_rasa__empty_or_flat_inputs_raise_naming_the_cause() -> None:
