@@ -10,7 +10,6 @@ stage's lock (``locks.stage_lock``), so a move never lands on top of another run
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import uuid
@@ -208,9 +207,3 @@ class Workspace:
         resolved = {k: v if (is_remote(v) or v.startswith("/")) else self.uri(v) for k, v in files.items()}
         return StageResult(stage=self.stage, uri=self.uri(), input_digest=self.digest, digest=digest,
                            stats=dict(stats or {}), files=resolved, run_id=self.run_id)
-
-
-def dump_json(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
-    """Write JSON to ``path`` on ``fs``."""
-    with fs.open(path, "w") as f:
-        json.dump(data, f, indent=1)

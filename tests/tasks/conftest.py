@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,3 +52,51 @@ def data_run(tmp_path_factory: pytest.TempPathFactory) -> DataRun:
     subset = run_stage("select", cfg, urls=src)
     downloaded = run_stage("download", cfg, subset=subset)
     return DataRun(cfg, src, subset, downloaded, run_stage("dedup", cfg, shards=downloaded))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Point s3fs (here and in child processes) at an endpoint, with dummy credentials (moto accepts any)."""
+    import s3fs
+
+    def point_at(endpoint: str) -> None:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "dummy-key-for-moto",
+                           "AWS_SECRET_ACCESS_KEY": "dummy-secret-for-moto", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients: one for another endpoint must not be reused
+
+    yield point_at
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def moto_s3(s3_env: Callable[[str], None]) -> Iterator[str]:
+    """``moto_server`` on a free port of 127.0.0.1 with an empty bucket, ``s3://franca-test``; stopped after."""
+    import s3fs
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.1)
+        s3_env(f"http://127.0.0.1:{port}")
+        s3fs.S3FileSystem().mkdir("franca-test")
+        yield "s3://franca-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        s3fs.S3FileSystem.clear_instance_cache()

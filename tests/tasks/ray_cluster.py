@@ -8,6 +8,8 @@ which would also stop other Ray instances on the machine.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import socket
 import subprocess
@@ -19,12 +21,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from franca_core.data.shards import write_manifest, write_shards
+from franca_core.data.synthetic import iter_images
 from infra.offline import offline_env, ray_home
+from tasks.common.store import StageResult
 
 RAY = str(Path(sys.executable).parent / "ray")
 
 # `ray start --address` refuses to start a worker node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with =1 it
-# rewrites 127.0.0.1 to the host's routable address (found with a UDP connect to 8.8.8.8; seen with strace). So the
+# rewrites 127.0.0.1 to the host's routable address (found by a UDP connect to a public address; strace). So the
 # second node is started the way `ray start --address` does it after that check: ray._private.node.Node(head=False).
 WORKER_NODE = """
 import sys
@@ -34,6 +39,18 @@ ensure_token_if_auth_enabled(None, create_token_if_missing=False)
 params = parameter.RayParams(gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1, temp_dir=sys.argv[2])
 node.Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False, connect_only=False)
 """
+
+
+def shard_dataset(root: Path, n: int, shard_size: int = 16) -> StageResult:
+    """A dedup-style output for pretraining tests: ``n`` 32 px JPEGs in img2dataset-layout shards, every row kept."""
+    records = []
+    for i, (image, _, label) in enumerate(iter_images(n, seed=0, size=32)):
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=90)
+        records.append((f"{i:09d}", buf.getvalue(), f"shape {label}"))
+    manifest = write_manifest(write_shards(records, str(root), shard_size=shard_size), str(root / "manifest.parquet"))
+    return StageResult(stage="dedup", uri=str(root), input_digest="0" * 64,
+                       digest=hashlib.sha256(str(n).encode()).hexdigest(), files={"manifest": manifest})
 
 
 def kill_tree_of(marker: str) -> None:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import s3fs
@@ -16,46 +12,7 @@ from tasks.common.runner import run_stage
 from tasks.common.store import StorageError
 from tasks.common.tables import read_parquet
 
-BUCKET = "franca-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _s3_env(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """Dummy credentials (moto accepts any) and the endpoint, for s3fs here and in child processes."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "dummy-key-for-moto")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dummy-secret-for-moto")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients: one built for another endpoint must not be reused
-
-
-@pytest.fixture
-def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """``moto_server`` on a free port of 127.0.0.1 with an empty bucket; stopped after the test."""
-    port = _free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        _s3_env(monkeypatch, f"http://127.0.0.1:{port}")
-        s3fs.S3FileSystem().mkdir(BUCKET)
-        yield f"s3://{BUCKET}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        s3fs.S3FileSystem.clear_instance_cache()
+BUCKET = "franca-test"  # the bucket of the moto_s3 fixture (tests/tasks/conftest.py)
 
 
 @pytest.mark.slow
@@ -80,14 +37,14 @@ def test_data_stages__s3_root_same_dataset_digest_as_local(moto_s3: str, data_ru
 
 
 def test_open_store__unreachable_s3_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                                s3_env: Callable[[str], None],
                                                                 make_data_config) -> None:
-    _s3_env(monkeypatch, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    try:
+    with socket.socket() as held:  # bound, never listening: the endpoint refuses every connection
+        held.bind(("127.0.0.1", 0))
+        s3_env(f"http://127.0.0.1:{held.getsockname()[1]}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         with pytest.raises(StorageError, match="unreachable or unusable: EndpointConnectionError"):
             run_stage("source", make_data_config(f"s3://{BUCKET}/runs/x"))
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.mark.integration

@@ -149,18 +149,34 @@ def error_of(fetcher: Fetcher, url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- address classifier
+# Only loopback and unspecified literals here (the project's rule: no private or public address in a test, even one
+# the code must refuse); the other kinds are judged from ipaddress's own flags, given by a stand-in below.
 @pytest.mark.parametrize(("address", "problem"), [
     ("127.0.0.1", "loopback"), ("127.0.0.2", "loopback"), ("::1", "loopback"),
-    ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.0.1", "private"), ("fd00::1", "private"),
-    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
-    ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("240.0.0.1", "reserved"), ("fec0::1", "site-local"),
-    ("100.64.0.1", "not globally routable"), ("192.0.2.1", "private"),
-    ("::ffff:127.0.0.1", "loopback"), ("2002:a00:1::", "private"), ("64:ff9b::a9fe:a9fe", "link-local"),
-    ("1.1.1.1", None), ("2606:4700::1111", None), ("64:ff9b::101:101", None),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("::ffff:127.0.0.2", "loopback"), ("2002:7f00:2::", "loopback"), ("64:ff9b::7f00:2", "loopback"),
 ])
 def test_address_problem__literals(address: str, problem: str | None) -> None:
-    # Literals only: nothing connects to these addresses.
+    # IPv4-mapped, 6to4 and NAT64 forms are judged by the IPv4 address they reach. Nothing connects to these.
     assert address_problem(ipaddress.ip_address(address)) == problem
+
+
+class _Flags:
+    """An address as ipaddress describes it: only the ``is_*`` flags ``address_problem`` reads."""
+
+    def __init__(self, *kinds: str, is_global: bool = False) -> None:
+        for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "site_local", "private"):
+            setattr(self, f"is_{kind}", kind in kinds)
+        self.is_global = is_global
+
+
+@pytest.mark.parametrize(("flags", "problem"), [
+    (_Flags("private"), "private"), (_Flags("link_local", "private"), "link-local"),
+    (_Flags("multicast"), "multicast"), (_Flags("reserved", "private"), "reserved"),
+    (_Flags("site_local"), "site-local"), (_Flags(), "not globally routable"), (_Flags(is_global=True), None),
+])
+def test_address_problem__each_kind_of_non_public_address(flags: _Flags, problem: str | None) -> None:
+    assert address_problem(flags) == problem  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- Fetcher, one rule each

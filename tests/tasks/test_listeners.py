@@ -8,8 +8,7 @@ agents, Ray Train workers with torch.distributed's TCPStore and gloo's pair sock
 
 from __future__ import annotations
 
-import hashlib
-import io
+import importlib.util
 import ipaddress
 import json
 import os
@@ -24,12 +23,14 @@ import psutil
 import pytest
 
 from franca_core.config import load_config
-from franca_core.data.shards import write_manifest, write_shards
-from franca_core.data.synthetic import iter_images
 from infra.offline import LOOPBACK_ENV
 from tasks.common.store import StageResult
 
 REPO = Path(__file__).resolve().parents[2]
+# Loaded by path: the test suite runs in importlib mode, where test folders are not on sys.path.
+_spec = importlib.util.spec_from_file_location("ray_cluster", Path(__file__).with_name("ray_cluster.py"))
+ray_cluster = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(ray_cluster)  # type: ignore[union-attr]
 FAKE_SECRET = "franca/test+SECRET/never-in-runtime-env0"  # 40 characters, AWS-like
 SMALL = ["train.optim.batch_size=4", "train.optim.total_steps=2", "train.optim.warmup_steps=1",
          "train.checkpoint_every=2", "train.log_every=1", "train.loader_workers=1", "train.num_workers=2",
@@ -46,15 +47,7 @@ DRIVER = ("from infra.offline import apply_offline_env; apply_offline_env(); "
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> StageResult:
     """A dedup-style output: 2 shards of 16 JPEGs and a manifest keeping every row."""
-    root = tmp_path_factory.mktemp("dedup")
-    records = []
-    for i, (image, _, label) in enumerate(iter_images(32, seed=0, size=32)):
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=90)
-        records.append((f"{i:09d}", buf.getvalue(), f"shape {label}"))
-    manifest = write_manifest(write_shards(records, str(root), shard_size=16), str(root / "manifest.parquet"))
-    return StageResult(stage="dedup", uri=str(root), input_digest="0" * 64, digest=hashlib.sha256(b"32").hexdigest(),
-                       files={"manifest": manifest})
+    return ray_cluster.shard_dataset(tmp_path_factory.mktemp("dedup"), 32)
 
 
 def _is_loopback(ip: str) -> bool:
@@ -107,7 +100,7 @@ def test_pretraining__every_listener_binds_loopback(dataset: StageResult, tmp_pa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
-        _kill_ray_of(ray_tmp)
+        ray_cluster.kill_tree_of(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, out[-4000:]
     assert json.loads(out.rsplit("RESULT ", 1)[1].splitlines()[0])["stats"]["steps"] == 2
@@ -148,23 +141,5 @@ def test_ray_session__credentials_reach_workers_by_environment_not_runtime_env(m
             assert "AWS_" not in runtime_env and FAKE_SECRET not in runtime_env, runtime_env
             assert ray.get(worker_env.remote()) == FAKE_SECRET
     finally:
-        _kill_ray_of(ray_tmp)
+        ray_cluster.kill_tree_of(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
-def _kill_ray_of(marker: str) -> None:
-    """SIGKILL what is left of a Ray instance of this test: processes whose command line or open files name its
-    temp dir (never `ray stop`, which would stop other Ray instances on the machine)."""
-    def ours(p: psutil.Process) -> bool:
-        try:
-            return marker in " ".join(p.cmdline()) or any(marker in f.path for f in p.open_files())
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
-
-    victims = [p for p in psutil.process_iter() if p.pid != os.getpid() and ours(p)]
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(victims, timeout=30)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -25,8 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from franca_core.config import PipelineConfig, TrainConfig, load_config
-from franca_core.data.shards import ShardIndex, build_loader, write_manifest, write_shards
-from franca_core.data.synthetic import iter_images
+from franca_core.data.shards import ShardIndex, build_loader
 from franca_core.models.backbone import build_backbone
 from franca_core.models.student_teacher import build_student_teacher
 from tasks.common.runner import run_stage
@@ -57,15 +55,7 @@ SMALL = ["train.optim.batch_size=4", "train.optim.total_steps=4", "train.optim.w
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> StageResult:
     """A dedup-style output: 3 img2dataset-layout shards of 16 JPEGs and a manifest with every row kept."""
-    root = tmp_path_factory.mktemp("dedup")
-    records = []
-    for i, (image, _, label) in enumerate(iter_images(48, seed=0, size=32)):
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=90)
-        records.append((f"{i:09d}", buf.getvalue(), f"shape {label}"))
-    manifest = write_manifest(write_shards(records, str(root), shard_size=16), str(root / "manifest.parquet"))
-    return StageResult(stage="dedup", uri=str(root), input_digest="0" * 64, digest=hashlib.sha256(b"48").hexdigest(),
-                       files={"manifest": manifest})
+    return ray_cluster.shard_dataset(tmp_path_factory.mktemp("dedup"), 48)
 
 
 def _cfg(root: Path, *extra: str) -> PipelineConfig:

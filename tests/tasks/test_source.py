@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,37 +101,8 @@ def test_source__glob_of_parts_keyed_by_its_matches_content(tmp_path: Path, make
         source(make_data_config(tmp_path / "store", f"data.source={folder}/none-*.parquet"))
 
 
-@pytest.fixture
-def s3_bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """A bucket on ``moto_server`` (127.0.0.1, a free port), dummy credentials in the environment."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "dummy-for-moto",
-                           "AWS_SECRET_ACCESS_KEY": "dummy-for-moto", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("franca-parts")
-        yield "s3://franca-parts"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.mark.integration
-def test_source__s3_prefix_of_parts_same_subset_as_local_folder(s3_bucket: str, tmp_path: Path,
+def test_source__s3_prefix_of_parts_same_subset_as_local_folder(moto_s3: str, tmp_path: Path,
                                                                  make_data_config) -> None:
     (tmp_path / "parts").mkdir()
     for i in range(3):
@@ -144,9 +110,9 @@ def test_source__s3_prefix_of_parts_same_subset_as_local_folder(s3_bucket: str, 
                          "WIDTH": [64] * 4, "HEIGHT": [64] * 4, "similarity": [0.4] * 4, "punsafe": [0.0] * 4,
                          "pwatermark": [0.0] * 4})
         pq.write_table(part, tmp_path / "parts" / f"part-{i}.parquet")
-    s3fs.S3FileSystem().put(str(tmp_path / "parts") + "/", "franca-parts/laion/", recursive=True)
+    s3fs.S3FileSystem().put(str(tmp_path / "parts") + "/", f"{moto_s3.removeprefix('s3://')}/laion/", recursive=True)
     local = make_data_config(tmp_path / "s1", f"data.source={tmp_path / 'parts'}", "data.select.target_count=5")
-    remote = make_data_config(tmp_path / "s2", f"data.source={s3_bucket}/laion", "data.select.target_count=5")
+    remote = make_data_config(tmp_path / "s2", f"data.source={moto_s3}/laion", "data.select.target_count=5")
     src = source(remote)
     assert src.stats == {"rows": 12, "parts": 3} and src.digest == source(local).digest
     assert run_stage("select", remote, urls=src).digest == run_stage("select", local, urls=source(local)).digest
