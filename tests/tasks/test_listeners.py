@@ -70,7 +70,8 @@ def _family(root: psutil.Process) -> dict[int, str]:
         return out
     for p in procs:
         try:
-            out[p.pid] = " ".join(p.cmdline())[:80] or p.name()
+            cmd = p.cmdline()  # argv[0] by its base name: the install path's length must not push the name out
+            out[p.pid] = " ".join([os.path.basename(cmd[0]), *cmd[1:]])[:80] if cmd else p.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return out
