@@ -202,6 +202,10 @@ class LossConfig(_Section):
     teacher_temp_end: float = Field(0.07, gt=0)
     teacher_temp_warmup_steps: int = Field(37_500, ge=0)
     sinkhorn_iters: int = Field(3, ge=1)
+    # How the teacher's logits become targets: Franca's Sinkhorn-Knopp, or DINO's EMA centering (the ablation's
+    # alternative; franca_core/losses/centering.py) with this centre momentum.
+    teacher_targets: Literal["sinkhorn", "centering"] = "sinkhorn"
+    center_momentum: float = Field(0.9, ge=0, lt=1)
     dino_weight: float = Field(1.0, ge=0)
     ibot_weight: float = Field(1.0, ge=0)
     koleo_weight: float = Field(0.1, ge=0)

@@ -20,6 +20,7 @@ from torch import nn
 
 from franca_core.checkpoint import rng_state, set_rng_state
 from franca_core.config import TrainConfig
+from franca_core.losses.centering import TeacherCentering
 from franca_core.losses.dino import dino_loss
 from franca_core.losses.ibot import ibot_loss
 from franca_core.losses.koleo import koleo_loss
@@ -50,19 +51,25 @@ class FrancaTrainer:
         self.optimizer = build_optimizer(self.student_core, cfg.optim)
         self.schedules = Schedules(cfg.optim, cfg.loss, global_batch=cfg.optim.batch_size * world_size)
         self.step = 0
+        self.centering = TeacherCentering(cfg.loss.center_momentum) if cfg.loss.teacher_targets == "centering" \
+            else None
 
     # ------------------------------------------------------------------------------------------- the step
     @torch.no_grad()
     def teacher_targets(self, batch: Batch, temperature: float) -> dict[str, list[torch.Tensor]]:
-        """Sinkhorn-Knopp targets per level: ``dino`` (2B, K_i) and ``ibot`` (n_masked, K_i)."""
+        """Targets per level: ``dino`` (2B, K_i) and ``ibot`` (n_masked, K_i); Sinkhorn-Knopp, or DINO's centering
+        (``train.loss.teacher_targets``)."""
         empty = batch["local_crops"][:0]
         with self.autocast():
             out = _float(self.teacher(batch["global_crops"], empty, batch["masks"], mask_input=False))
-        iters = self.cfg.loss.sinkhorn_iters
-        return {
-            "dino": [sinkhorn_knopp(logits, temperature, iters) for logits in out["dino_global"]],
-            "ibot": [sinkhorn_knopp(logits, temperature, iters) for logits in out["ibot"]],
-        }
+        iters, centering = self.cfg.loss.sinkhorn_iters, self.centering
+        targets: dict[str, list[torch.Tensor]] = {}
+        for kind, key in (("dino", "dino_global"), ("ibot", "ibot")):
+            levels = out[key]
+            assert isinstance(levels, list)
+            targets[kind] = [centering(f"{kind}.{i}", t, temperature) if centering is not None
+                             else sinkhorn_knopp(t, temperature, iters) for i, t in enumerate(levels)]
+        return targets
 
     def student_outputs(self, batch: Batch) -> Outputs:
         """Student logits on masked global crops and local crops (through the DDP wrapper, if any)."""
@@ -132,6 +139,7 @@ class FrancaTrainer:
             "config": self.cfg.model_dump(mode="json"),
             "rng": rng_state(),
             "data": data_state or {},
+            "centering": self.centering.state_dict() if self.centering is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +152,8 @@ class FrancaTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         set_rng_state(state["rng"])
+        if self.centering is not None:
+            self.centering.load_state_dict(state.get("centering", {}), next(self.student_core.parameters()).device)
         return dict(state.get("data", {}))
 
 
