@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from infra.offline import (
     apply_offline_env,
@@ -32,18 +34,41 @@ def ray_worker_setup() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+_session_lock = threading.Lock()
+_session_users = 0  # threads inside ray_session (concurrent subflows share one Ray: the last one out shuts it down)
+_session_owned = False  # whether ray_session started the running Ray (one it found is never shut down here)
+
+
 @contextmanager
 def ray_session(num_cpus: int = 0) -> Iterator[None]:
     """Use a running Ray (``ray.is_initialized()`` or ``RAY_ADDRESS``), else start a local one on 127.0.0.1.
 
+    Thread-safe: stages running at once in threads of one process (the ablation flow's concurrent variants) share
+    the Ray that the first of them started, and it is shut down when the last one leaves.
+
     Args:
         num_cpus: CPUs a local Ray must offer at least (it offers ``os.cpu_count()`` when that is more).
     """
+    global _session_users
     apply_offline_env()
+    with _session_lock:
+        _enter(num_cpus)
+        _session_users += 1
+    try:
+        yield
+    finally:
+        with _session_lock:
+            _session_users -= 1
+            if _session_users == 0:
+                _leave()
+
+
+def _enter(num_cpus: int) -> None:
+    """Start or attach to Ray unless it is running (called under the session lock)."""
+    global _session_owned, _previous
     import ray
 
     if ray.is_initialized():
-        yield
         return
     cluster = os.environ.get("RAY_ADDRESS")
     if not cluster and ray_imported_too_early():
@@ -53,7 +78,7 @@ def ray_session(num_cpus: int = 0) -> Iterator[None]:
             "franca CLI and `franca stack`'s worker do; in your own script call it first or export "
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), or set RAY_ADDRESS to use a cluster")
     runtime_env = {"env_vars": offline_env(loopback=False), "worker_process_setup_hook": f"{__name__}.ray_worker_setup"}
-    previous_sigint, previous_home = signal.getsignal(signal.SIGINT), os.environ.get("HOME")
+    _previous = (signal.getsignal(signal.SIGINT), os.environ.get("HOME"))
     os.environ["HOME"] = str(ray_home())  # Ray's processes read ray_bootstrap_config.yaml from $HOME (STACK.md)
     try:
         if cluster:
@@ -61,9 +86,32 @@ def ray_session(num_cpus: int = 0) -> Iterator[None]:
         else:  # "local": never attach to another `ray start` cluster found in /tmp/ray
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus), include_dashboard=False,
                      _node_ip_address="127.0.0.1", runtime_env=runtime_env)
-        yield
-    finally:
-        if previous_home is not None:
-            os.environ["HOME"] = previous_home
+    except BaseException:
+        _restore()
+        raise
+    _session_owned = True
+
+
+def _leave() -> None:
+    """Shut down the Ray this module started (called under the session lock, by the last user)."""
+    global _session_owned
+    if not _session_owned:
+        return
+    import ray
+
+    _session_owned = False
+    try:
         ray.shutdown()
+    finally:
+        _restore()
+
+
+_previous: tuple[Any, str | None] = (None, None)
+
+
+def _restore() -> None:
+    previous_sigint, previous_home = _previous
+    if previous_home is not None:
+        os.environ["HOME"] = previous_home
+    if previous_sigint is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, previous_sigint)  # Ray leaves its own handler behind

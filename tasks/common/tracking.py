@@ -95,18 +95,25 @@ def flat_params(data: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[s
 
 
 # ----------------------------------------------------------------------------------------------- runs
-def open_parent(cfg: PipelineConfig, flow_run_id: str, flow_run_name: str = "") -> str:
-    """The parent run of this flow run: reopened on a retry of the same flow run, else created."""
+def open_parent(cfg: PipelineConfig, flow_run_id: str, flow_run_name: str = "", kind: str = "pipeline",
+                parent_run_id: str | None = None) -> str:
+    """The parent run of this flow run: reopened on a retry of the same flow run, else created.
+
+    ``kind`` tags what the flow is (``pipeline``, ``ablation``, ``ablation-variant``); ``parent_run_id`` nests this
+    run under another flow's run (an ablation variant under the ablation's run).
+    """
     c, exp = client(cfg), experiment_id(cfg)
     found = c.search_runs([exp], f"tags.`{TAG}flow_run_id` = '{flow_run_id}'", max_results=1)
     if found:
         c.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     code = code_version()
-    tags = {f"{TAG}kind": "pipeline", f"{TAG}flow_run_id": flow_run_id, "prefect.flow_run_id": flow_run_id,
+    tags = {f"{TAG}kind": kind, f"{TAG}flow_run_id": flow_run_id, "prefect.flow_run_id": flow_run_id,
             "prefect.flow_run_name": flow_run_name, f"{TAG}profile": cfg.profile,
             f"{TAG}config_digest": config_digest(cfg), f"{TAG}git_commit": code["commit"],
             f"{TAG}git_dirty": code["dirty"], "mlflow.source.git.commit": code["commit"]}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(exp, run_name=redact(f"franca-{cfg.profile}-{flow_run_name or flow_run_id[:8]}"),
                        tags=redact_tree(tags))
     c.log_dict(run.info.run_id, redact_tree(cfg.model_dump(mode="json")), "config.json")
