@@ -6,6 +6,7 @@
     franca bench train                        # Ray Train images/s with 1 and 2 workers, the loader alone
     franca bench quality --minutes 60         # k-NN of a wall-budget pretraining vs random init
     franca bench eval                         # the evaluation suite end to end on a tiny pretrained model
+    franca bench ablation                     # pretraining variants at equal compute, k-NN with standard errors
     franca bench pipeline                     # the demo's wall time by stage and the orchestration overhead
     franca bench cache                        # content keys of a 1 GB file, a re-run served from the store
 
@@ -32,6 +33,7 @@ BENCHMARKS: tuple[str, ...] = (
     "train",
     "quality",
     "eval",
+    "ablation",
     "pipeline",
     "cache",
 )

@@ -48,11 +48,14 @@ class Stack:
                                  f"{proc.stderr[-3000:]}")
         return proc
 
-    def run_pipeline(self, overrides: list[str], timeout: float = 1200) -> str:
-        """``prefect deployment run franca/full-pipeline`` and wait; returns the flow run id."""
-        params = json.dumps([*overrides, f"storage.root={self.store}"])
-        out = self.cli("prefect", "deployment", "run", "franca/full-pipeline", "--param", "profile=tiny",
-                       "--param", f"overrides={params}", timeout=60).stdout
+    def run_pipeline(self, overrides: list[str], timeout: float = 1200, deployment: str = "franca/full-pipeline",
+                     *params: str) -> str:
+        """``prefect deployment run DEPLOYMENT`` (extra ``--param`` values in ``params``) and wait; returns the flow
+        run id."""
+        overrides_json = json.dumps([*overrides, f"storage.root={self.store}"])
+        extra = [a for p in params for a in ("--param", p)]
+        out = self.cli("prefect", "deployment", "run", deployment, "--param", "profile=tiny",
+                       "--param", f"overrides={overrides_json}", *extra, timeout=60).stdout
         flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)  # type: ignore[union-attr]
         self.wait(flow_run_id, timeout)
         return flow_run_id

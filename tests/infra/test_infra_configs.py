@@ -24,9 +24,11 @@ def test_config__parses_and_holds_no_credentials(path: Path) -> None:
 def test_prefect_yaml__deploys_the_franca_flow_on_franca_local() -> None:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"full-pipeline", "periodic-retrain"}
-    for d in deployments.values():
-        assert d["entrypoint"] == "flows/full_pipeline.py:franca" and d["work_pool"]["name"] == "franca-local"
+    assert set(deployments) == {"full-pipeline", "periodic-retrain", "ablation"}
+    entrypoints = {"full-pipeline": "flows/full_pipeline.py:franca", "periodic-retrain": "flows/full_pipeline.py:franca",
+                   "ablation": "flows/ablation.py:ablation"}
+    for name, d in deployments.items():
+        assert d["entrypoint"] == entrypoints[name] and d["work_pool"]["name"] == "franca-local"
     schedule = deployments["periodic-retrain"]["schedules"][0]
     assert schedule["cron"] and deployments["periodic-retrain"]["parameters"]["snapshots"]
     assert "pull" not in spec  # prefect deploy records the checkout: no absolute path committed
