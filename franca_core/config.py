@@ -298,7 +298,8 @@ class EvalConfig(_Section):
     max_images: int | None = Field(None, gt=0)  # per set, a deterministic random subset
     max_images_per_set: dict[str, int] = {}  # per-set override of max_images
     resolution: int | None = Field(None, gt=0)  # short side in px; None: each set's own size
-    tasks: list[str] = ["auto"]  # or any of knn, linear, matryoshka, overcluster, incontext, ood, position
+    tasks: list[str] = ["auto"]  # or any of knn, linear, matryoshka, overcluster, incontext, ood, position,
+    # correspondence, depth
     linear_c: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic regression
     linear_max_iter: int = Field(200, gt=0)
     linear_with_patch_mean: bool = True  # also report CLS + mean patch token
@@ -314,6 +315,11 @@ class EvalConfig(_Section):
     ood_in: str | None = None  # set name (prefix) used as the in-distribution bank / queries
     ood_out: str | None = None  # set name (prefix) of the out-of-distribution queries
     ood_k: int = Field(10, gt=0)
+    correspondence_images: int = Field(64, gt=0)  # test images warped per set group (keypoint correspondence)
+    correspondence_warp: float = Field(1.0, ge=0)  # homography strength (0: identity; 1: eval/correspondence.py)
+    depth: dict[str, str] = {}  # name -> depth Parquet (franca_core/eval/depth.py); none ships
+    depth_ridge: float = Field(1e-3, gt=0)  # ridge penalty of the depth probe (standardised tokens)
+    depth_max_patches: int = Field(100_000, gt=0)  # training patches the depth probe is fitted on
     figure_images: int = Field(4, ge=0)
     seed: int = 0
     cache_dir: str | None = None  # feature cache; None: <out>/cache

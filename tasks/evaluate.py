@@ -22,7 +22,8 @@ from tasks.common.store import StageResult, Workspace
 
 
 def headline(report: dict[str, Any]) -> dict[str, float]:
-    """Flat ``{metric: value}``: k-NN (k=20), linear, overclustering (K = classes), in-context, OOD, position MSE."""
+    """Flat ``{metric: value}``: k-NN (k=20), linear, overclustering (K = classes), in-context, OOD, position MSE,
+    keypoint correspondence (PCK@0.05 / 0.1) and the depth probe (RMSE, delta1)."""
     res, out = report.get("results", {}), {}
     for group, feats in res.get("knn", {}).items():
         for feat, acc in feats.items():
@@ -40,6 +41,11 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
         out.update({f"position_mse.{group}.{variant}": p["mse"] for variant, p in v.items()})
     if "ood" in res:
         out.update({"ood.auroc": res["ood"]["auroc"], "ood.fpr95": res["ood"]["fpr95"]})
+    for task, keys in (("correspondence", {"pck05": "pck@0.05", "pck10": "pck@0.1"}),
+                       ("depth", {"depth_rmse": "rmse", "depth_delta1": "delta1"})):
+        for group, v in res.get(task, {}).items():
+            out.update({f"{name}.{group}.{variant}": v[variant][key] for variant in ("raw", "rasa") if variant in v
+                        for name, key in keys.items()})
     # MLflow metric names: letters, digits, _ - . / and spaces
     return {re.sub(r"[^\w\-./ ]", "_", k): float(v) for k, v in out.items() if v is not None}
 
@@ -55,7 +61,7 @@ def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
 
 
 @stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images"),
-       files=("eval.datasets",), inputs=("model", "rasa"), operational=("eval.cache_dir",))
+       files=("eval.datasets", "eval.depth"), inputs=("model", "rasa"), operational=("eval.cache_dir",))
 def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: StageResult) -> StageResult:
     """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,35 @@ def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _geometry(res: dict[str, Any]) -> list[str]:
+    """Keypoint correspondence and depth probe sections (3D awareness); protocol constants (the patch-grid oracle,
+    the mean depth predictor) as plain floats, never paired with a baseline."""
+    out: list[str] = []
+    if res.get("correspondence"):
+        out += ["## Keypoint correspondence (PCK, %)", "", "Random homographies of each group's test images; "
+                "oracle: the patch centre nearest the true location (the ceiling at this patch grid).", ""]
+        rows = []
+        for g, v in res["correspondence"].items():
+            for name, m in v.items():
+                if isinstance(m, dict):
+                    own = (lambda x: _pct(float(x))) if name == "oracle" else _pct
+                    rows.append([g, name, own(m["pck@0.05"]), own(m["pck@0.1"]), str(v["points"])])
+        out += _rows(["set", "features", "PCK@0.05", "PCK@0.1", "points"], rows) + [""]
+    if res.get("depth"):
+        out += ["## Depth probe", "", "Ridge regression from frozen patch tokens to log patch depth; "
+                "RMSE in the depth unit, delta1: share of patches within a factor 1.25.", ""]
+        rows = []
+        for g, v in res["depth"].items():
+            for name, m in v.items():
+                if name == "patches":
+                    continue
+                plain = name == "mean_predictor"
+                rows.append([g, name] + [f"{float(m[k]) if plain else m[k]:.4f}" for k in ("rmse", "rmse_log")]
+                            + [_pct(float(m["delta1"]) if plain else m["delta1"])])
+        out += _rows(["set", "features", "RMSE", "RMSE log", "delta1 (%)"], rows) + [""]
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables (percent)."""
     res, out = report.get("results", {}), ["# Franca evaluation", ""]
@@ -66,6 +95,7 @@ def markdown(report: dict[str, Any]) -> str:
         o = res["ood"]
         out += ["## OOD detection", "", f"{o['in']} vs {o['out']} (k={o['k']}): AUROC {_pct(o['auroc'])}, "
                 f"FPR@95TPR {_pct(o['fpr95'])}", ""]
+    out += _geometry(res)
     if "rasa" in report:
         r = report["rasa"]
         out += ["## RASA", "", f"Position MSE {r['mse_before']:.4f} -> {r['mse_after']:.4f} "

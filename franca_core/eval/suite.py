@@ -7,7 +7,9 @@ after the final norm, is applied to the cached patch tokens, so one backbone pas
 
 - ``knn``, ``linear``, ``matryoshka``: image-level labels (CLS; k-NN also on mean-pooled patch tokens);
 - ``overcluster`` (test split), ``incontext`` (train bank, test queries), ``position``: segmentation masks;
-- ``ood``: ``cfg.ood_in`` and ``cfg.ood_out`` naming two set groups.
+- ``ood``: ``cfg.ood_in`` and ``cfg.ood_out`` naming two set groups;
+- ``correspondence``: images only (each group's test split, warped by seeded random homographies; raw and rasa);
+- ``depth``: ``cfg.depth`` naming sets with depth maps (``franca_core.eval.depth``; paired like the image sets).
 
 With ``cfg.tasks == ["auto"]`` a protocol runs wherever its inputs exist and is otherwise listed under
 ``skipped`` with the reason; a protocol asked for by name raises ``ValueError`` naming what is missing.
@@ -24,7 +26,9 @@ from torch import nn
 
 from franca_core.config import EvalConfig, RasaConfig
 from franca_core.eval.cache import cached_features, model_digest
+from franca_core.eval.correspondence import keypoint_correspondence
 from franca_core.eval.data import EvalSet
+from franca_core.eval.depth import DepthSet, depth_probe, open_depth_sets
 from franca_core.eval.incontext import incontext_miou
 from franca_core.eval.knn import knn_accuracies
 from franca_core.eval.linear import linear_probe
@@ -34,7 +38,7 @@ from franca_core.eval.overcluster import overcluster, overcluster_ks
 from franca_core.eval.position_probe import position_probe_on
 from franca_core.eval.splits import Pair, pair_sets, row_split
 
-TASKS = ("knn", "linear", "matryoshka", "overcluster", "incontext", "position", "ood")
+TASKS = ("knn", "linear", "matryoshka", "overcluster", "incontext", "position", "ood", "correspondence", "depth")
 Feats = dict[str, torch.Tensor]
 
 
@@ -59,6 +63,11 @@ class EvalSuite:
         self.model, self.sets, self.cfg, self.rasa_cfg = model.eval(), sets, cfg, rasa_cfg
         self.n_levels, self.matrix, self.cache_dir, self.log = n_levels, rasa_matrix, cache_dir, log
         self.pairs = pair_sets(list(sets))
+        self.depth_sets: dict[str, DepthSet] = open_depth_sets(cfg.depth, int(getattr(model, "patch_size", 0)), cfg)
+        clash = sorted(set(self.depth_sets) & set(sets))
+        if clash:
+            raise ValueError(f"eval.depth set name(s) {clash} are also evaluation set names; name them apart")
+        self.depth_pairs = pair_sets(list(self.depth_sets))
         self.digest = model_digest(model)
         self._feats: dict[str, Feats] = {}
         self.timing: dict[str, float] = {"features_s": 0.0, "images_extracted": 0}
@@ -67,10 +76,11 @@ class EvalSuite:
     # ------------------------------------------------------------------------------------------ features
     def features(self, name: str) -> Feats:
         if name not in self._feats:
-            evalset = self.sets[name]
+            evalset = self.sets[name] if name in self.sets else self.depth_sets[name]
             t0, info = time.perf_counter(), {"hit": False}
             feats = cached_features(self.model, evalset, self.cache_dir, self.cfg.batch_size,
-                                    keep_patches=evalset.has_masks, digest=self.digest, info=info)
+                                    keep_patches=evalset.has_masks or name in self.depth_sets, digest=self.digest,
+                                    info=info)
             if not info["hit"]:  # a cache hit is not a measurement of extraction speed
                 self.timing["features_s"] += time.perf_counter() - t0
                 self.timing["images_extracted"] += len(evalset)
@@ -101,6 +111,10 @@ class EvalSuite:
             if missing:
                 return [], f"OOD set group(s) {missing} not among the sets {sorted(groups)}"
             return [groups[self.cfg.ood_in], groups[self.cfg.ood_out]], ""
+        if task == "correspondence":  # images are all it needs
+            return list(self.pairs), ""
+        if task == "depth":
+            return self.depth_pairs, "needs eval.depth (image sets with depth maps; none ships)"
         need_masks = task in ("overcluster", "incontext", "position")
         has = (lambda n: self.sets[n].has_masks) if need_masks else (lambda n: self.sets[n].has_labels)
         ok, missing = [], []
@@ -208,6 +222,29 @@ class EvalSuite:
         res = ood_detection(bank["cls"], queries_in["cls"], queries_out["cls"], self.cfg.ood_k)
         return {"in": pair_in.group, "out": pair_out.group, "k": self.cfg.ood_k, "image_size": list(size), **res}
 
+    def correspondence(self, pair: Pair) -> dict[str, Any]:
+        s = self.sets[pair.test]
+        rows = self._test_rows(len(s)) if pair.self_split else range(len(s))
+        rows = [int(r) for r in rows][: self.cfg.correspondence_images]
+        return keypoint_correspondence(self.model, s, rows, self.cfg.correspondence_warp, self.cfg.seed,
+                                       self.cfg.batch_size, self._variants)
+
+    def depth(self, pair: Pair) -> dict[str, Any]:
+        tr, te = self.split(pair)
+        depths = self.depth_sets[pair.train].patch_depths()
+        if pair.self_split:
+            rows = [torch.from_numpy(r) for r in row_split(len(depths), self.cfg.seed)]
+            depth_tr, depth_te = depths[rows[0]], depths[rows[1]]
+        else:
+            depth_tr, depth_te = depths, self.depth_sets[pair.test].patch_depths()
+        c, out, res = self.cfg, {}, {}
+        test_variants = self._variants(te["patch"])
+        for variant, patch in self._variants(tr["patch"]).items():
+            res = depth_probe(patch, depth_tr, test_variants[variant], depth_te, c.depth_ridge, c.depth_max_patches,
+                              c.seed)
+            out[variant] = res["probe"]
+        return {**out, "mean_predictor": res["mean_predictor"], "patches": res["patches"]}
+
     def _test_rows(self, n: int) -> Any:
         return row_split(n, self.cfg.seed)[1]
 
@@ -221,7 +258,8 @@ class EvalSuite:
         """All planned protocols; returns the JSON-ready report (figures stay in ``self.figures``)."""
         runs, skipped = self.plan()
         results: dict[str, Any] = {}
-        for name in dict.fromkeys(n for pairs in runs.values() for p in pairs for n in (p.train, p.test)):
+        extract = {t: pairs for t, pairs in runs.items() if t != "correspondence"}  # it runs its own passes
+        for name in dict.fromkeys(n for pairs in extract.values() for p in pairs for n in (p.train, p.test)):
             self.features(name)  # extract first, so the task timings are the protocols alone
         for task, pairs in runs.items():
             t0 = time.perf_counter()
@@ -237,7 +275,8 @@ class EvalSuite:
             "model": {"digest": self.digest[:16], "embed_dim": int(getattr(self.model, "embed_dim", 0)),
                       "patch_size": int(getattr(self.model, "patch_size", 0)), "rasa": self.matrix is not None},
             "sets": {n: {"path": str(s.path), "images": len(s), "image_size": list(s.image_size),
-                         "labels": s.has_labels, "masks": s.has_masks} for n, s in self.sets.items() if "@" not in n},
+                         "labels": s.has_labels, "masks": s.has_masks, "depth": n in self.depth_sets}
+                     for n, s in {**self.sets, **self.depth_sets}.items() if "@" not in n},
             "pairs": [vars(p) for p in self.pairs],
             "results": results, "skipped": skipped, "timing": t,
         }

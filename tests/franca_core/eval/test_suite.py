@@ -41,8 +41,9 @@ def test_evaluate_backbone__generated_sets_every_protocol_and_files(tmp_path: Pa
     report, files, fitted = evaluate_backbone(_random_tiny(), sets, cfg.eval, cfg.rasa, tmp_path, n_levels=5,
                                               fit_rasa_set="synthetic-train", log=lambda s: None)
     res = report["results"]
-    assert set(res) == {"knn", "linear", "matryoshka", "overcluster", "incontext", "position"}
+    assert set(res) == {"knn", "linear", "matryoshka", "overcluster", "incontext", "position", "correspondence"}
     assert report["skipped"]["ood"].startswith("needs eval.ood_in")
+    assert report["skipped"]["depth"].startswith("needs eval.depth")
     assert set(res["knn"]["synthetic"]) == {"cls", "patch_mean", "patch_mean_rasa"}
     assert set(res["knn"]["synthetic"]["cls"]) == {10, 20, 100, 200}
     assert res["matryoshka"]["synthetic"]["dims"] == [3, 6, 12, 24, 48, 96, 192]
@@ -88,7 +89,7 @@ def test_evaluate_backbone__tiny_pretrained_on_pets_camvid_tinyimagenet(tiny_pre
     report, files, _ = evaluate_backbone(loaded.backbone, sets, cfg.eval, cfg.rasa, tmp_path,
                                          fit_rasa_set="tinyimagenet-train", log=lambda s: None)
     res = report["results"]
-    assert report["skipped"] == {}
+    assert set(report["skipped"]) == {"depth"}  # no depth set ships
     assert set(res["knn"]) == {"tinyimagenet", "pets"} and set(res["overcluster"]) == {"pets", "camvid"}
     assert res["overcluster"]["camvid"]["classes"] == 11 and res["overcluster"]["pets"]["classes"] == 2
     assert 0 <= res["incontext"]["camvid"]["rasa"] <= 1 and 0 <= res["ood"]["auroc"] <= 1
