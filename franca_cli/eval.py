@@ -12,6 +12,8 @@ the ``../shared/data`` layout or ImageFolder trees, named ``<group>-<split>`` so
 (``franca_core/eval/splits.py``). Writes ``report.json``, ``report.md`` and PNG plots under ``--out`` and prints
 the results as JSON. Bad input (no labels for a task that needs them, masks of the wrong size, an empty set, a
 checkpoint of another architecture with ``--expect-profile``) exits with status 2 and one line naming the cause.
+Every figure has a random-init baseline beside it (the checkpoint's architecture, seeded by ``eval.seed``, through
+the same protocols; its own RASA with ``--fit-rasa``, none otherwise); ``eval.baseline=false`` skips it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from franca_cli.options import add_config_options, config_from_args
 from franca_core.config import ConfigError, load_config
-from franca_core.eval.evaluate import evaluate_backbone, open_sets
+from franca_core.eval.evaluate import evaluate_backbone, open_sets, random_init
 from franca_core.models.io import load_backbone
 
 
@@ -72,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
         report, files, _ = evaluate_backbone(
             loaded.backbone, sets, eval_cfg, cfg.rasa, Path(args.out), n_levels=n_levels,
             rasa_matrix=None if args.no_rasa else loaded.rasa_matrix, fit_rasa_set=args.fit_rasa,
-            log=lambda s: print(s, file=sys.stderr, flush=True))
+            log=lambda s: print(s, file=sys.stderr, flush=True),
+            baseline=random_init(loaded.model_cfg, eval_cfg.seed) if eval_cfg.baseline else None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"franca eval: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"results": report["results"], "skipped": report["skipped"], "timing": report["timing"],
-                      **({"rasa": report["rasa"]} if "rasa" in report else {}),
+    extra = {k: report[k] for k in ("baseline", "matryoshka_retained", "rasa") if k in report}
+    print(json.dumps({"results": report["results"], "skipped": report["skipped"], "timing": report["timing"], **extra,
                       "files": {k: str(v) for k, v in files.items()}}, indent=1, default=str))
     return 0

@@ -41,8 +41,9 @@ class SyntheticSourceConfig(_Section):
     n_images: int = Field(2000, gt=0)
     image_size: int = Field(96, ge=16)
     seed: int = 0
-    # what franca train renders (data/synthetic.py): textured objects (the corpus), flat shapes, or whole-image
-    # textures (the learning check's classes). The served LAION-style corpus is always "objects".
+    # what the generated images show (data/synthetic.py): textured objects, flat shapes, or whole-image textures
+    # (the learning check's classes); the served LAION-style corpus, franca train and the evaluate stage's generated
+    # sets (when eval.datasets is empty) all use it.
     style: Literal["objects", "plain", "textures"] = "objects"
     exact_dup_rate: float = Field(0.03, ge=0, le=0.5)
     near_dup_rate: float = Field(0.03, ge=0, le=0.5)
@@ -322,6 +323,7 @@ class EvalConfig(_Section):
     depth_max_patches: int = Field(100_000, gt=0)  # training patches the depth probe is fitted on
     figure_images: int = Field(4, ge=0)
     seed: int = 0
+    baseline: bool = True  # also evaluate the same architecture at random init (seeded by seed), shown beside
     cache_dir: str | None = None  # feature cache; None: <out>/cache
 
 

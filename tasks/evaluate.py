@@ -1,9 +1,10 @@
 """Stage 7: run the evaluation protocols on a model; report, tables and plots, logged to MLflow when a run is active.
 
 Sets: ``eval.datasets`` (named ``<group>-<split>``; each enters the stage's key by its content), else generated
-labelled + segmented images. The RASA matrix comes from the rasa output. Output ``<root>/evaluate/<key>/``:
-``report.json``, ``report.md`` and the PNG plots; ``stats["summary"]`` holds the headline figures (MLflow-safe
-keys) the flow puts on its parent run.
+labelled + segmented images of the corpus's style (``data.synthetic.style``). The RASA matrix comes from the rasa
+output. With ``eval.baseline`` the same architecture at random init (seeded by ``eval.seed``) is evaluated beside
+(``baseline.<metric>`` in the summary). Output ``<root>/evaluate/<key>/``: ``report.json``, ``report.md`` and the PNG
+plots; ``stats["summary"]`` holds the headline figures (MLflow-safe keys) the flow puts on its parent run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from franca_core.config import PipelineConfig
-from franca_core.eval.evaluate import evaluate_backbone, open_sets, synthetic_sets
+from franca_core.eval.evaluate import evaluate_backbone, open_sets, random_init, synthetic_sets
 from tasks.common.contract import stage
 from tasks.common.model_io import load_stage_model, rasa_matrix_of
 from tasks.common.store import StageResult, Workspace
@@ -46,6 +47,13 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
         for group, v in res.get(task, {}).items():
             out.update({f"{name}.{group}.{variant}": v[variant][key] for variant in ("raw", "rasa") if variant in v
                         for name, key in keys.items()})
+    for group, row in report.get("matryoshka_retained", {}).items():
+        out.update({f"matryoshka_retained.{group}.{k}": row[k] for k in ("knn", "linear") if k in row})
+    if "baseline" in report:  # the random-init network's figures under the same names
+        retained = {g: row["random_init"] for g, row in report.get("matryoshka_retained", {}).items()
+                    if "random_init" in row}
+        base = headline({"results": report["baseline"], "matryoshka_retained": retained})
+        out.update({f"baseline.{k}": v for k, v in base.items()})
     # MLflow metric names: letters, digits, _ - . / and spaces
     return {re.sub(r"[^\w\-./ ]", "_", k): float(v) for k, v in out.items() if v is not None}
 
@@ -60,7 +68,8 @@ def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
     mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
 
-@stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images"),
+@stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images",
+                          "data.synthetic.style"),
        files=("eval.datasets", "eval.depth"), inputs=("model", "rasa"), operational=("eval.cache_dir",))
 def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: StageResult) -> StageResult:
     """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
@@ -71,10 +80,11 @@ def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
         patch = loaded.model_cfg.patch_size
         sets = (open_sets(cfg.eval.datasets, patch, cfg.eval) if cfg.eval.datasets
                 else synthetic_sets(patch, n_images=min(200, cfg.data.synthetic.n_images),
-                                    size=cfg.train.model.img_size))
+                                    size=cfg.train.model.img_size, style=cfg.data.synthetic.style))
         eval_cfg = cfg.eval.model_copy(update={"cache_dir": cfg.eval.cache_dir or str(local / "cache")})
+        baseline = random_init(loaded.model_cfg, cfg.eval.seed) if cfg.eval.baseline else None
         report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, local / "report",
-                                             cfg.train.heads.n_levels, matrix)
+                                             cfg.train.heads.n_levels, matrix, baseline=baseline)
         summary = headline(report)
         _log_mlflow(summary, local / "report")
         with ws.writing() as out:

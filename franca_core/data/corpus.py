@@ -1,8 +1,9 @@
 """A LAION-style web corpus made on this machine: the embedded default source of the pipeline.
 
-``synthetic_corpus`` renders images with ``synthetic.render_image`` (one object class per image, labels and
-masks kept aside in ``annotations``) and plants the faults of a real crawl, each recorded in the ``fault`` column
-of ``annotations`` so tests can score the data stage:
+``synthetic_corpus`` renders images with ``synthetic.render_image`` in the configured ``style`` (one class per image:
+an object shape, or with ``textures`` a whole-image pattern; labels and masks kept aside in ``annotations``) and
+plants the faults of a real crawl, each recorded in the ``fault`` column of ``annotations`` so tests can score the
+data stage:
 
 - ``exact_duplicate``: the same bytes under another URL; ``near_duplicate``: re-encoded (JPEG q 40-70), resized
   (x0.6-0.85 or x1.2-1.6) or slightly cropped (2-5 %, resized back) copies; ``contaminated``: such copies of
@@ -29,7 +30,7 @@ import pyarrow as pa
 from PIL import Image
 
 from franca_core.config import SyntheticSourceConfig
-from franca_core.data.synthetic import SHAPES, render_image
+from franca_core.data.synthetic import SHAPES, TEXTURES, render_image
 
 PLACEHOLDER = "http://corpus.invalid/"  # RFC 2606 reserved name: never resolvable, always rewritten before use
 WWW = "www"  # the served sub-folder of a corpus folder
@@ -118,9 +119,9 @@ def _good_meta(rng: np.random.Generator) -> dict[str, float]:
             "pwatermark": rng.uniform(0.0, 0.6), "aesthetic": rng.uniform(4.0, 7.0)}
 
 
-def _filtered(rng: np.random.Generator, rule: str, size: int) -> _Entry:
+def _filtered(rng: np.random.Generator, rule: str, size: int, style: str) -> _Entry:
     """A good image whose metadata (or size) fails ``rule``."""
-    img, mask, label = render_image(rng, 24 if rule == "min_size" else size)
+    img, mask, label = render_image(rng, 24 if rule == "min_size" else size, style=style)
     if rule == "aspect":
         img, mask = img.crop((0, 0, size, max(1, size // 4))), mask[: max(1, size // 4)]
     meta = _good_meta(rng)
@@ -150,6 +151,7 @@ def _contaminant(key: str, data: bytes, rng: np.random.Generator) -> _Entry:
 def synthetic_corpus(cfg: SyntheticSourceConfig, contaminants: Sequence[tuple[str, bytes]] = ()) -> Corpus:
     """Render ``cfg.n_images`` rows (planted faults included) deterministically from ``cfg.seed``."""
     rng, n, size = np.random.default_rng(cfg.seed), cfg.n_images, cfg.image_size
+    classes = TEXTURES if cfg.style == "textures" else SHAPES
     count = {"exact_duplicate": cfg.exact_dup_rate, "near_duplicate": cfg.near_dup_rate, "dead_url": cfg.dead_url_rate,
              "corrupt": cfg.corrupt_rate, "non_image": cfg.non_image_rate, "filtered": cfg.filtered_rate}
     planted = {k: int(round(rate * n)) for k, rate in count.items()}
@@ -161,7 +163,7 @@ def synthetic_corpus(cfg: SyntheticSourceConfig, contaminants: Sequence[tuple[st
     entries: list[_Entry] = []
     images: list[Image.Image] = []
     for i in range(n_unique):
-        img, mask, label = render_image(rng, size, label=i % len(SHAPES))
+        img, mask, label = render_image(rng, size, label=i % len(classes), style=cfg.style)
         images.append(img)
         entries.append(_Entry("unique", jpeg(img), img.size, label=label, mask=mask, meta=_good_meta(rng)))
     sources = rng.choice(n_unique, planted["exact_duplicate"] + planted["near_duplicate"], replace=False)
@@ -175,9 +177,9 @@ def synthetic_corpus(cfg: SyntheticSourceConfig, contaminants: Sequence[tuple[st
         fault = "exact_duplicate" if k < planted["exact_duplicate"] else "near_duplicate"
         entries.append(_Entry(fault, body, dims, label=orig.label, mask=orig.mask, source=src, meta=_good_meta(rng)))
     for k in range(planted["filtered"]):
-        entries.append(_filtered(rng, FILTER_FAULTS[k % len(FILTER_FAULTS)], size))
+        entries.append(_filtered(rng, FILTER_FAULTS[k % len(FILTER_FAULTS)], size, cfg.style))
     for _ in range(planted["corrupt"]):
-        img, _, _ = render_image(rng, size)
+        img, _, _ = render_image(rng, size, style=cfg.style)
         entries.append(_Entry("corrupt", corrupt(jpeg(img), rng), img.size, meta=_good_meta(rng)))
     entries += [_Entry("dead_url", None, (size, size), meta=_good_meta(rng)) for _ in range(planted["dead_url"])]
     entries += [_Entry("non_image", html_page(rng), (size, size), ext="html", meta=_good_meta(rng))
@@ -188,7 +190,7 @@ def synthetic_corpus(cfg: SyntheticSourceConfig, contaminants: Sequence[tuple[st
         entry = _contaminant(key, data, rng)
         entry.meta = _good_meta(rng)
         entries.append(entry)
-    return _assemble(entries, [int(i) for i in rng.permutation(len(entries))], "syn", rng)
+    return _assemble(entries, [int(i) for i in rng.permutation(len(entries))], "syn", rng, dict(enumerate(classes)))
 
 
 def image_set_corpus(items: Iterable[tuple[str, bytes, int, str]], seed: int = 0) -> Corpus:

@@ -1,6 +1,9 @@
 """Write an evaluation report: ``report.json`` (every figure), ``report.md`` (tables) and the PNG plots.
 
 The JSON is the source of truth (accuracies and mIoU as fractions in [0, 1]); the Markdown shows them in percent.
+Where the report has a random-init ``baseline`` (the structure of ``results``), every float of ``results`` reaches
+the Markdown as a ``Figure`` carrying its baseline value, which ``_pct`` and any format spec print beside it
+("12.5 (random init 3.1)"): a section added later shows its baseline without code of its own.
 """
 
 from __future__ import annotations
@@ -15,9 +18,41 @@ import torch
 from franca_core.eval.data import EvalSet
 from franca_core.eval.plots import plot_matryoshka, plot_rasa, plot_segmentation
 
+MATRYOSHKA_CLAIM = ("Franca (arXiv 2507.14137, Matryoshka representations): the nested features keep most of the "
+                     "full-dimension accuracy down to small dimensions, 1/64 of D included")
+_NOT_PAIRED = ("chance",)  # constants of the protocol, the same for any network
+
+
+class Figure(float):
+    """A float of ``results`` with its random-init value (``base``, ``None``: the baseline lacks it)."""
+
+    base: float | None
+
+    def __new__(cls, value: float, base: Any) -> Figure:
+        fig = super().__new__(cls, value)
+        fig.base = float(base) if isinstance(base, (int, float)) and not isinstance(base, bool) else None
+        return fig
+
+    def __format__(self, spec: str) -> str:
+        own = float.__format__(self, spec)
+        return own if self.base is None else f"{own} (random init {format(self.base, spec)})"
+
+
+def paired(results: Any, baseline: Any) -> Any:
+    """``results`` with every float leaf a ``Figure`` holding the same place's value in ``baseline``."""
+    if isinstance(results, dict):
+        base = baseline if isinstance(baseline, dict) else {}
+        return {k: v if k in _NOT_PAIRED else paired(v, base.get(k, base.get(str(k)))) for k, v in results.items()}
+    if isinstance(results, float) and not math.isnan(results):
+        return Figure(results, baseline)
+    return results
+
 
 def _pct(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.1f}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    base = getattr(v, "base", None)
+    return f"{100 * float(v):.1f}" + ("" if base is None else f" (random init {_pct(base)})")
 
 
 def _rows(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -59,6 +94,11 @@ def markdown(report: dict[str, Any]) -> str:
     m = report.get("model", {})
     out += [f"Model `{m.get('digest')}`: D={m.get('embed_dim')}, patch {m.get('patch_size')}, "
             f"RASA {'yes' if m.get('rasa') else 'no'}.", ""]
+    if "baseline" in report:
+        res = paired(res, report["baseline"])
+        b = m.get("baseline", {})
+        out += [f"Beside each figure: the same architecture at random init (seed {b.get('seed')}, "
+                f"`{b.get('digest')}`), evaluated the same way{'' if b.get('rasa') else ', without RASA'}.", ""]
     out += _rows(["set", "images", "size", "labels", "masks"],
                  [[n, str(s["images"]), "x".join(map(str, s["image_size"])), str(s["labels"]), str(s["masks"])]
                   for n, s in report.get("sets", {}).items()]) + [""]
@@ -76,6 +116,7 @@ def markdown(report: dict[str, Any]) -> str:
         keys = [k for k in ("knn", "pca_knn", "linear", "pca_linear") if k in t]
         out += _rows(["d"] + keys, [[str(d)] + [_pct(t[k].get(d, t[k].get(str(d)))) for k in keys]
                                     for d in t["dims"]]) + ["", f"![matryoshka](matryoshka_{g}.png)", ""]
+        out += _retained(report.get("matryoshka_retained", {}).get(g))
     for task, title in (("overcluster", "Overclustering mIoU (%)"), ("incontext", "In-context segmentation mIoU (%)"),
                         ("position", "Position probe MSE (chance)")):
         if task in res:
@@ -105,6 +146,19 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("skipped"):
         out += ["## Skipped", ""] + [f"- {t}: {why}" for t, why in report["skipped"].items()] + [""]
     return "\n".join(out)
+
+
+def _retained(row: dict[str, Any] | None) -> list[str]:
+    """The measured D/64-over-D ratios beside the paper's claim (``evaluate.matryoshka_retained``)."""
+    if not row:
+        return []
+    def ratio(r: dict[str, Any], key: str) -> str:
+        return "-" if r.get(key) is None else f"{100 * r[key]:.0f} %"
+    base = row.get("random_init")
+    parts = [f"{key} {ratio(row, key)}" + (f" (random init {ratio(base, key)})" if base else "")
+             for key in ("knn", "linear") if key in row]
+    return [f"Retained at d={row['d']} of D={row['D']} (accuracy at d over accuracy at D): {', '.join(parts)}.",
+            f"Paper's claim: {MATRYOSHKA_CLAIM}.", ""]
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, figures: dict[str, Any] | None = None,
