@@ -11,7 +11,9 @@ overrides. Variants train the same number of steps on the same data (equal compu
 - ``single_head``: one DINO and one iBOT head at the full dimension instead of the nested Matryoshka levels;
 - ``no_roll``: the inverse-block mask without CyclicMask's roll;
 - ``centering``: DINO's EMA centering instead of Sinkhorn-Knopp targets;
-- ``no_rasa``: Franca's model evaluated without RASA (its stages are ``franca``'s, served from the store).
+- ``no_rasa``: Franca's model evaluated without RASA (its stages are ``franca``'s, served from the store);
+- ``random_init``: a row, not a run: the same backbone at random init, evaluated once with ``franca``
+  (``eval.baseline``).
 
 The variants share the cached data stages, and ``no_rasa`` shares ``franca``'s pretraining: the stage contract gives
 them the same keys, and the per-key lock makes one wait for the other's output. MLflow: one ablation run, a nested
@@ -52,11 +54,15 @@ class Variant:
     note: str
 
 
+# The random-init baseline is the same backbone for every variant: evaluated once, with franca (eval.baseline).
+_ONE_BASELINE = ("eval.baseline=false",)
 VARIANTS: dict[str, Variant] = {
     "franca": Variant((), True, "full Franca"),
-    "single_head": Variant(("train.heads.n_levels=1",), True, "one head at D instead of the Matryoshka levels"),
-    "no_roll": Variant(("train.masking.roll=false",), True, "inverse-block mask without the roll"),
-    "centering": Variant(("train.loss.teacher_targets=centering",), True, "DINO centering instead of Sinkhorn-Knopp"),
+    "single_head": Variant(("train.heads.n_levels=1", *_ONE_BASELINE), True,
+                           "one head at D instead of the Matryoshka levels"),
+    "no_roll": Variant(("train.masking.roll=false", *_ONE_BASELINE), True, "inverse-block mask without the roll"),
+    "centering": Variant(("train.loss.teacher_targets=centering", *_ONE_BASELINE), True,
+                         "DINO centering instead of Sinkhorn-Knopp"),
     "no_rasa": Variant((), False, "full Franca, evaluated without RASA"),
 }
 
@@ -121,6 +127,11 @@ def ablation(profile: str = "tiny", overrides: list[str] | None = None,
             "runs": {v: {"mlflow_run_id": d["mlflow_run_id"], "stages": d["stages"]} for v, d in done.items()}}
 
 
+def baseline_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A report whose results are ``report``'s random-init baseline (same sets and pairs)."""
+    return {**report, "results": report["baseline"]}
+
+
 def compare(cfg: Any, parent: str, done: dict[str, dict[str, Any]], chosen: list[str]) -> dict[str, Any]:
     """The comparison table from each variant's report; logged to the ablation run as JSON, Markdown and a PNG."""
     reports = {}
@@ -131,6 +142,11 @@ def compare(cfg: Any, parent: str, done: dict[str, dict[str, Any]], chosen: list
             reports[v] = (json.load(f), VARIANTS[v].rasa)
     table = ablation_table(reports, cfg.eval.seed)
     notes = {v: VARIANTS[v].note for v in chosen}
+    with_baseline = next((r for r, _ in reports.values() if r.get("baseline")), None)
+    if with_baseline is not None:  # same backbone architecture in every variant: one random-init row
+        table["random_init"] = ablation_table({"random_init": (baseline_report(with_baseline), False)},
+                                              cfg.eval.seed)["random_init"]
+        notes["random_init"] = "the same backbone at random init (the evaluation's baseline)"
     markdown = "# Ablation at equal compute\n\n" + markdown_table(table, notes)
     get_run_logger().info(markdown)
     c = client(cfg)
