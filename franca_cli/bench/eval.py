@@ -30,7 +30,7 @@ from franca_cli.options import add_config_options
 from franca_core.checkpoint import load_checkpoint
 from franca_core.config import PipelineConfig, config_digest, load_config
 from franca_core.data.datasets import ParquetImageDataset
-from franca_core.eval.evaluate import evaluate_backbone, open_sets
+from franca_core.eval.evaluate import evaluate_backbone, open_sets, random_init
 from franca_core.models.io import load_backbone
 from franca_core.train.driver import StepBudget, pretrain
 
@@ -102,6 +102,10 @@ def bench_json(report: dict[str, Any], seconds: float, pretraining: dict[str, An
                 "out": "camvid-test"},
         "timing": {k: v for k, v in report["timing"].items() if k.endswith("_s")},
         "pretrain": pretraining, "threads": torch.get_num_threads(),
+        # the same architecture at random init through the same protocol (eval.baseline), and 3D awareness
+        "random_init_knn_top1_cls": (report.get("baseline") or {}).get("knn", {}).get("tinyimagenet", {})
+        .get("cls", {}).get(20),
+        "correspondence": res.get("correspondence", {}),
     }
 
 
@@ -126,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         eval_cfg = cfg.eval.model_copy(update={"cache_dir": cache})
         report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, work / "report",
                                              n_levels=cfg.train.heads.n_levels, fit_rasa_set="tinyimagenet-train",
-                                             log=_log)
+                                             log=_log, baseline=random_init(loaded.model_cfg, eval_cfg.seed)
+                                             if eval_cfg.baseline else None)
     out = bench_json(report, time.perf_counter() - start, pretraining)
     out["report"] = str(files["markdown"])
     print(json.dumps(out, indent=1, default=str))
