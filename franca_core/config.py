@@ -256,6 +256,10 @@ class TrainConfig(_Section):
     log_every: int = Field(50, gt=0)
     max_minutes: float | None = Field(None, gt=0)  # wall budget; stops early and checkpoints
     fail_once_at_step: int | None = None  # test-only: raise once inside the loop at this step
+    # recompute the student's block activations in the backward pass (timm's set_grad_checkpointing): more compute,
+    # far less activation memory (ViT-L/g on one GPU); same losses and gradients
+    grad_checkpointing: bool = False
+    dist_timeout_s: int = Field(1800, gt=0)  # torch.distributed collectives (Ray TorchConfig): a stuck rank fails
 
 
 class RasaConfig(_Section):

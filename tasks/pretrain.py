@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.fs
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from safetensors.torch import save as safetensors_bytes
 
 from franca_core.checkpoint import load_checkpoint
@@ -30,7 +30,7 @@ from tasks.pretrain_loop import STATE_FILE, train_loop_per_worker
 
 # Fields that change how a run is operated, not what it computes: they stay out of the key (and run name).
 OPERATIONAL_FIELDS = ("train.log_every", "train.max_failures", "train.fail_once_at_step", "train.keep_checkpoints",
-                      "train.cpus_per_worker")
+                      "train.cpus_per_worker", "train.grad_checkpointing", "train.dist_timeout_s")
 
 
 def _ray_storage(store: StageStore, path: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -38,6 +38,12 @@ def _ray_storage(store: StageStore, path: str) -> tuple[str, pyarrow.fs.FileSyst
     if store.fs.protocol in ("file", ("file", "local")):
         return path, None
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.fs))
+
+
+def torch_config(cfg: TrainConfig) -> TorchConfig:
+    """torch.distributed for the worker group: NCCL between GPUs, gloo on CPUs, collectives failing after
+    ``train.dist_timeout_s`` (a rank stuck in one raises, and FailureConfig restarts the group from the checkpoint)."""
+    return TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=cfg.dist_timeout_s)
 
 
 def build_trainer(cfg: TrainConfig, manifest: str, ws: Workspace) -> TorchTrainer:
@@ -49,6 +55,7 @@ def build_trainer(cfg: TrainConfig, manifest: str, ws: Workspace) -> TorchTraine
                            "storage_options": {}},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=torch_config(cfg),
         run_config=ray.train.RunConfig(
             name=f"pretrain-{ws.digest[:16]}", storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),

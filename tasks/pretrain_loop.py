@@ -154,8 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    trainer = FrancaTrainer(cfg, world, wrap=ray.train.torch.prepare_model)
-    trainer.teacher.to(device)
+    trainer = FrancaTrainer(cfg, world, wrap=ray.train.torch.prepare_model).to(device)  # TF32 on CUDA
     progress, resumed_from = _resume(trainer, cfg, world)
     if rank == 0:
         log.info("[pretrain] forward passes in %s (train.precision: %s)", trainer.precision, cfg.precision)

@@ -14,6 +14,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` run only where CUDA exists; elsewhere they are skipped with the reason, never passed."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch  # here, not at the top: most test runs never reach a gpu test
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU: torch.cuda.is_available() is false here (marked gpu)")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or skip with the reason when it is absent."""

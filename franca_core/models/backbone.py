@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from timm.layers import DropPath, SwiGLUPacked
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -72,7 +73,13 @@ class FrancaViT(VisionTransformer):
             grid = masks.view(tokens.shape[0], tokens.shape[1], tokens.shape[2], 1)
             tokens = torch.where(grid, self.mask_token.to(tokens.dtype), tokens)
         tokens = self.norm_pre(self.patch_drop(self._pos_embed(tokens)))
-        tokens = self.norm(self.blocks(tokens))
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # timm's set_grad_checkpointing(): keep each block's input only, recompute the block in the backward
+            # pass (non-reentrant: works under DDP and autocast; the RNG is replayed, so drop path draws the same)
+            tokens = checkpoint_seq(self.blocks, tokens, use_reentrant=False)
+        else:
+            tokens = self.blocks(tokens)
+        tokens = self.norm(tokens)
         return {"cls": tokens[:, 0], "patch": tokens[:, self.num_prefix_tokens :]}
 
     def forward_crops(self, crops: Sequence[torch.Tensor],

@@ -72,8 +72,15 @@ def build_model(cfg: TrainConfig, drop_path: float | None = None) -> FrancaModel
 
 
 def build_student_teacher(cfg: TrainConfig) -> tuple[FrancaModel, FrancaModel]:
-    """Student and teacher with identical initial weights; the teacher has no stochastic depth and no grads."""
+    """Student and teacher with identical initial weights; the teacher has no stochastic depth and no grads.
+
+    With ``train.grad_checkpointing`` the student's backbone recomputes its blocks' activations in the backward pass
+    (it keeps each block's input only: about one more forward of compute for far less activation memory, what lets
+    L and g fit a GPU);
+    the teacher never keeps activations (no grad), so it needs none.
+    """
     student = build_model(cfg)
+    student.backbone.set_grad_checkpointing(cfg.grad_checkpointing)
     teacher = build_model(cfg, drop_path=0.0)
     teacher.load_state_dict(copy.deepcopy(student.state_dict()))
     teacher.requires_grad_(False)

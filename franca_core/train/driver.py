@@ -96,12 +96,27 @@ def initial_backbone(cfg: TrainConfig) -> nn.Module:
     return build_backbone(cfg.model, drop_path=0.0)
 
 
+def training_device(cfg: TrainConfig) -> torch.device:
+    """``cuda`` when ``train.use_gpu`` (the current CUDA device), else ``cpu``.
+
+    Raises:
+        RuntimeError: ``train.use_gpu`` is true and this process sees no CUDA device.
+    """
+    if not cfg.use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.use_gpu is true but torch.cuda.is_available() is false here: run on a CUDA "
+                           "machine with a CUDA build of torch, or set train.use_gpu=false")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def pretrain(cfg: TrainConfig, dataset: Dataset, budget: StepBudget | None = None,
              on_log: Callable[[Metrics], None] | None = None) -> PretrainRun:
     """Pretrain from scratch on ``dataset`` in this process; reproducible from ``cfg`` and the dataset alone.
 
-    Seeds torch with ``cfg.seed``, builds the ``FrancaTrainer`` and a shuffled multi-crop loader
-    (``multicrop_loader``, shuffled by its own generator seeded with ``cfg.seed``), then steps until the budget.
+    Seeds torch with ``cfg.seed``, builds the ``FrancaTrainer`` on ``training_device(cfg)`` (TF32 matmuls there on
+    CUDA) and a shuffled multi-crop loader (``multicrop_loader``, shuffled by its own generator seeded with
+    ``cfg.seed``; pinned batches on CUDA), then steps until the budget.
 
     Args:
         cfg: the ``train`` section of the pipeline config.
@@ -114,12 +129,14 @@ def pretrain(cfg: TrainConfig, dataset: Dataset, budget: StepBudget | None = Non
 
     Raises:
         ValueError: ``dataset`` holds fewer images than one batch.
+        RuntimeError: ``train.use_gpu`` without a CUDA device.
         FloatingPointError: the loss became non-finite.
     """
     budget = budget or StepBudget.from_config(cfg)
     torch.manual_seed(cfg.seed)
-    trainer = FrancaTrainer(cfg)
-    loader = multicrop_loader(cfg, dataset)
+    device = training_device(cfg)
+    trainer = FrancaTrainer(cfg).to(device)
+    loader = multicrop_loader(cfg, dataset, device=device)
     start = time.perf_counter()
     history = run_steps(trainer, loader, budget.steps, on_log, budget.log_every, budget.max_seconds)
     return PretrainRun(trainer, history, time.perf_counter() - start)

@@ -21,14 +21,16 @@ def forever(loader: Iterable[Batch]) -> Iterator[tuple[int, Batch]]:
 def run_steps(trainer: FrancaTrainer, loader: Iterable[Batch], until_step: int,
               on_log: Callable[[dict[str, Any]], None] | None = None, log_every: int = 50,
               max_seconds: float | None = None) -> list[dict[str, Any]]:
-    """Train until ``trainer.step == until_step`` (or the wall budget); returns the logged metrics."""
+    """Train until ``trainer.step == until_step`` (or the wall budget) on the trainer's device; returns the logged
+    metrics."""
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    images = 0
+    images, device = 0, trainer.device
     for epoch, batch in forever(loader):
         if trainer.step >= until_step:
             break
-        metrics = trainer.train_step(batch)
+        # non_blocking: a copy from pinned memory (multicrop_loader pins on CUDA) overlaps the step's launch
+        metrics = trainer.train_step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
         images += batch["global_crops"].shape[0] // 2
         if trainer.step % log_every == 0 or trainer.step == until_step:
             elapsed = time.perf_counter() - start

@@ -29,3 +29,22 @@ def resolve_precision(setting: str, device: str) -> Precision:
     if setting not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be auto, fp32 or bf16, got {setting!r}")
     return setting  # type: ignore[return-value]
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """Let float32 matmuls on CUDA use TensorFloat-32 (``torch.set_float32_matmul_precision("high")``).
+
+    Called where training starts on a device (``FrancaTrainer.to``), never at import: the flag is process-wide.
+    TF32 keeps float32's range with a 10-bit mantissa; DINOv2 trains with it (``dinov2/train/train.py`` sets it at
+    import), and on an A100/H100 a float32 matmul (an fp32 run, the fp32 parts of a bf16 one) runs several times
+    faster. The legacy ``set_float32_matmul_precision`` rather than ``backends.cuda.matmul.fp32_precision``:
+    mixing the two raises in torch 2.14, and torch.compile's inductor reads the legacy one. A CPU device changes
+    nothing (the same call would also switch oneDNN's CPU matmuls to TF32 where supported).
+
+    Returns:
+        Whether TF32 was enabled (``device`` is a CUDA device).
+    """
+    if device.type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True

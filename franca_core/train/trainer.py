@@ -28,7 +28,7 @@ from franca_core.losses.sinkhorn import sinkhorn_knopp
 from franca_core.models.student_teacher import FrancaModel, Outputs, build_student_teacher, ema_update
 from franca_core.schedules import Schedules
 from franca_core.train.optimizer import apply_schedule, build_optimizer
-from franca_core.train.precision import Precision, resolve_precision
+from franca_core.train.precision import Precision, enable_tf32, resolve_precision
 
 Batch = dict[str, torch.Tensor]
 N_GLOBAL = 2
@@ -53,6 +53,20 @@ class FrancaTrainer:
         self.step = 0
         self.centering = TeacherCentering(cfg.loss.center_momentum) if cfg.loss.teacher_targets == "centering" \
             else None
+
+    @property
+    def device(self) -> torch.device:
+        """The device the student's weights are on."""
+        return next(self.student_core.parameters()).device
+
+    def to(self, device: torch.device | str) -> FrancaTrainer:
+        """Move student and teacher to ``device`` (before ``load_state_dict``, so the optimiser state follows); on
+        CUDA also enable TF32 matmuls (``enable_tf32``): the one place training starts on a device."""
+        device = torch.device(device)
+        self.student_core.to(device)  # in place: the optimiser keeps the same parameter objects
+        self.teacher.to(device)
+        enable_tf32(device)
+        return self
 
     # ------------------------------------------------------------------------------------------- the step
     @torch.no_grad()
