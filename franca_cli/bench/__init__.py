@@ -4,6 +4,7 @@
     franca bench dedup --n 100000             # fingerprint + dedup images/s, time(n) / time(n/4)
     franca bench step --profile tiny          # the full Franca step vs the unavoidable backbone work
     franca bench train                        # Ray Train images/s with 1 and 2 workers, the loader alone
+    franca bench loader --profile vitb14      # loader images/s per core: decode, multi-crop, CyclicMask
     franca bench quality --minutes 60         # k-NN of a wall-budget pretraining vs random init
     franca bench eval                         # the evaluation suite end to end on a tiny pretrained model
     franca bench ablation                     # pretraining variants at equal compute, k-NN with standard errors
@@ -31,6 +32,7 @@ BENCHMARKS: tuple[str, ...] = (
     "dedup",
     "step",
     "train",
+    "loader",
     "quality",
     "eval",
     "ablation",
