@@ -21,10 +21,11 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 25
     was_training = backbone.training
     backbone.eval()
     cls, patch_mean, labels = [], [], []
+    device = _device(backbone)
     for images, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        out = cast(ForwardMasked, backbone.forward_masked)(images)
-        cls.append(out["cls"])
-        patch_mean.append(out["patch"].mean(dim=1))
+        out = cast(ForwardMasked, backbone.forward_masked)(images.to(device, non_blocking=True))
+        cls.append(out["cls"].cpu())
+        patch_mean.append(out["patch"].mean(dim=1).cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was_training)
     return {"cls": torch.cat(cls), "patch_mean": torch.cat(patch_mean), "labels": torch.cat(labels)}
@@ -42,10 +43,10 @@ def extract_eval_features(backbone: nn.Module, dataset: Dataset, batch_size: int
     """
     was_training = backbone.training
     backbone.eval()
-    patch_size = int(cast(int, backbone.patch_size))
+    patch_size, device = int(cast(int, backbone.patch_size)), _device(backbone)
     out: dict[str, list[torch.Tensor]] = {"cls": [], "patch_mean": [], "labels": [], "patch": [], "masks": []}
     for images, labels, masks in DataLoader(dataset, batch_size=batch_size):
-        feats = cast(ForwardMasked, backbone.forward_masked)(images)
+        feats = {k: v.cpu() for k, v in cast(ForwardMasked, backbone.forward_masked)(images.to(device)).items()}
         patch = feats["patch"]
         out["cls"].append(feats["cls"].float())
         out["patch_mean"].append(patch.mean(dim=1).float())
@@ -57,3 +58,8 @@ def extract_eval_features(backbone: nn.Module, dataset: Dataset, batch_size: int
             out["masks"].append(masks.long())
     backbone.train(was_training)
     return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def _device(backbone: nn.Module) -> torch.device:
+    """Where the backbone's weights are: batches go there, features come back to the CPU (the protocols' side)."""
+    return next(backbone.parameters()).device
