@@ -41,7 +41,7 @@ def training_images(cfg: PipelineConfig, dataset: StageResult) -> Dataset | Call
 
 @stage("highres", reads=("highres", "train"), files=("highres.dataset",), inputs=("model", "dataset"),
        operational=("train.log_every", "train.max_failures", "train.fail_once_at_step", "train.keep_checkpoints",
-                    "train.cpus_per_worker"))
+                    "train.cpus_per_worker", "train.grad_checkpointing", "train.dist_timeout_s"))
 def highres(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: StageResult) -> StageResult:
     """Adapt ``model`` (a pretrain output) to ``highres.global_size``; returns the highres output (files: backbone,
     checkpoint, history)."""
