@@ -24,6 +24,7 @@ bar plot of k-NN top-1 with its standard error.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +121,17 @@ def ablation(profile: str = "tiny", overrides: list[str] | None = None,
     except BaseException:
         close_parent(cfg, parent, ok=False)
         raise
-    metrics = {f"ablation.{v}.{m}": fig["value"] for v, figs in table.items() for m, fig in figs.items()}
-    close_parent(cfg, parent, ok=True, summary=metrics)
+    close_parent(cfg, parent, ok=True, summary=table_metrics(table))
     return {"mlflow_run_id": parent, "dataset_digest": data["dedup"].digest, "variants": table,
             "notes": {v: VARIANTS[v].note for v in chosen},
             "runs": {v: {"mlflow_run_id": d["mlflow_run_id"], "stages": d["stages"]} for v, d in done.items()}}
+
+
+def table_metrics(table: dict[str, Any]) -> dict[str, float]:
+    """``{"ablation.<variant>.<figure>": value}`` under MLflow's metric-name rules (letters, digits, _ - . / and
+    spaces: ``pck@0.05`` becomes ``pck_0.05``)."""
+    return {re.sub(r"[^\w\-./ ]", "_", f"ablation.{v}.{m}"): fig["value"]
+            for v, figs in table.items() for m, fig in figs.items()}
 
 
 def baseline_report(report: dict[str, Any]) -> dict[str, Any]:

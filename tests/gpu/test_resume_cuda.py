@@ -8,6 +8,7 @@ against two uninterrupted runs: the resumed run must be as close to the uninterr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -16,10 +17,13 @@ import torch
 
 from franca_core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from franca_core.config import TrainConfig, load_config
-from franca_core.data.collate import MultiCropCollate
-from franca_core.data.multicrop import MultiCropAugmentation
-from franca_core.data.synthetic import iter_images
 from franca_core.train.trainer import Batch, FrancaTrainer
+
+# Loaded by path: the test suite runs in importlib mode, where test folders are not on sys.path.
+_spec = importlib.util.spec_from_file_location("test_trainer",
+                                               Path(__file__).parents[1] / "franca_core" / "test_trainer.py")
+test_trainer = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(test_trainer)  # type: ignore[union-attr]
 
 pytestmark = pytest.mark.gpu
 
@@ -27,13 +31,7 @@ OVERRIDES = ["train.model.depth=4", "train.optim.batch_size=8", "train.crops.n_l
              "train.optim.freeze_last_layer_steps=1", "train.model.drop_path=0.2"]
 
 
-def _batches(cfg: TrainConfig, n: int) -> list[Batch]:
-    torch.manual_seed(0)
-    aug = MultiCropAugmentation(cfg.crops)
-    collate = MultiCropCollate(cfg.masking, cfg.model.patch_size, torch.Generator().manual_seed(0))
-    images = [im for im, _, _ in iter_images(cfg.optim.batch_size * n, seed=0, size=64)]
-    b = cfg.optim.batch_size
-    return [collate([aug(im) for im in images[i * b : (i + 1) * b]]) for i in range(n)]
+_batches = test_trainer._batches  # the trainer tests' seeded multi-crop batches
 
 
 def _steps(trainer: FrancaTrainer, batches: list[Batch]) -> None:

@@ -43,3 +43,15 @@ def test_markdown_and_plot__one_row_per_variant_and_a_png(tmp_path: Path) -> Non
     assert "| a | 20.0 +- 2.0 |" in md and "| b | 30.0 +- 2.3 |" in md and "second" in md
     png = plot_ablation(table, "knn_top1.g", tmp_path / "bar.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_metrics__names_mlflow_accepts() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from flows.ablation import table_metrics
+
+    table = {"franca": {"pck@0.05.tinyimagenet": {"value": 0.4}, "knn_top1.tinyimagenet": {"value": 0.1, "se": 0.01}}}
+    metrics = table_metrics(table)
+    assert metrics == {"ablation.franca.pck_0.05.tinyimagenet": 0.4, "ablation.franca.knn_top1.tinyimagenet": 0.1}
+    for name in metrics:
+        _validate_metric_name(name)
