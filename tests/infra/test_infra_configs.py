@@ -25,8 +25,8 @@ def test_prefect_yaml__deploys_the_franca_flow_on_franca_local() -> None:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert set(deployments) == {"full-pipeline", "periodic-retrain", "ablation"}
-    entrypoints = {"full-pipeline": "flows/full_pipeline.py:franca", "periodic-retrain": "flows/full_pipeline.py:franca",
-                   "ablation": "flows/ablation.py:ablation"}
+    pipeline = "flows/full_pipeline.py:franca"
+    entrypoints = {"full-pipeline": pipeline, "periodic-retrain": pipeline, "ablation": "flows/ablation.py:ablation"}
     for name, d in deployments.items():
         assert d["entrypoint"] == entrypoints[name] and d["work_pool"]["name"] == "franca-local"
     schedule = deployments["periodic-retrain"]["schedules"][0]
