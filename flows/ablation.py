@@ -68,6 +68,9 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+RANDOM_INIT_NOTE = "the same backbone at random init (the evaluation's baseline)"
+
+
 @flow(name="franca-ablation-variant", log_prints=True, persist_result=False, flow_run_name="{variant}")
 def ablation_variant(variant: str, profile: str, overrides: list[str], dataset: StageResult,
                      parent_run_id: str) -> dict[str, Any]:
@@ -123,7 +126,7 @@ def ablation(profile: str = "tiny", overrides: list[str] | None = None,
         raise
     close_parent(cfg, parent, ok=True, summary=table_metrics(table))
     return {"mlflow_run_id": parent, "dataset_digest": data["dedup"].digest, "variants": table,
-            "notes": {v: VARIANTS[v].note for v in chosen},
+            "notes": {v: VARIANTS[v].note if v in VARIANTS else RANDOM_INIT_NOTE for v in table},
             "runs": {v: {"mlflow_run_id": d["mlflow_run_id"], "stages": d["stages"]} for v, d in done.items()}}
 
 
@@ -153,7 +156,7 @@ def compare(cfg: Any, parent: str, done: dict[str, dict[str, Any]], chosen: list
     if with_baseline is not None:  # same backbone architecture in every variant: one random-init row
         table["random_init"] = ablation_table({"random_init": (baseline_report(with_baseline), False)},
                                               cfg.eval.seed)["random_init"]
-        notes["random_init"] = "the same backbone at random init (the evaluation's baseline)"
+        notes["random_init"] = RANDOM_INIT_NOTE
     markdown = "# Ablation at equal compute\n\n" + markdown_table(table, notes)
     get_run_logger().info(markdown)
     c = client(cfg)
