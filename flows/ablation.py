@@ -36,7 +36,8 @@ from prefect.runtime import flow_run
 
 from flows.full_pipeline import PIPELINE, config
 from franca_core.config import ConfigError
-from franca_core.eval.ablation import ablation_table, markdown_table, plot_ablation
+from franca_core.eval.ablation import ablation_table, markdown_table
+from franca_core.eval.plots import plot_ablation
 from infra.offline import apply_offline_env
 from tasks.common import prefect as stage
 from tasks.common.digests import fs_of

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from franca_core.eval.plots import _pyplot
 from franca_core.eval.splits import row_split
 
 Figure = dict[str, float]
@@ -87,20 +85,3 @@ def _cell(metric: str, fig: Figure | None) -> str:
         return f"{fig['value']:.4f}"
     se = f" +- {100 * fig['se']:.1f}" if "se" in fig and not math.isnan(fig["se"]) else ""
     return f"{100 * fig['value']:.1f}{se}"
-
-
-def plot_ablation(table: Mapping[str, Mapping[str, Figure]], metric: str, path: str | Path) -> Path:
-    """Bar per variant of one metric, with +- one standard error bars where the figure has one."""
-    plt = _pyplot()
-    names = [n for n in table if metric in table[n]]
-    values = [100 * table[n][metric]["value"] for n in names]
-    errors = [100 * table[n][metric].get("se", 0.0) for n in names]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 3.6))
-    ax.bar(range(len(names)), values, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(names))])
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title("Ablation at equal compute (+- 1 standard error)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

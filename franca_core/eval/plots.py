@@ -2,11 +2,13 @@
 
 - ``matryoshka.png``: top-1 accuracy vs kept dimension d (log2 axis), z[:d] against PCA-to-d, k-NN and linear;
 - ``rasa_mse.png``: RASA held-out position MSE per round, before / after removal, with the chance line;
-- ``segmentation.png``: image | ground truth | overclustering (K = classes) | in-context prediction.
+- ``segmentation.png``: image | ground truth | overclustering (K = classes) | in-context prediction;
+- ``ablation_knn.png``: one bar per ablation variant with +- one standard error (``franca_core.eval.ablation``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,20 @@ def plot_segmentation(images: list[Any], truth: torch.Tensor, preds: dict[str, t
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_ablation(table: Mapping[str, Mapping[str, dict[str, float]]], metric: str, path: str | Path) -> Path:
+    """Bar per variant of one metric, with +- one standard error bars where the figure has one."""
+    plt = _pyplot()
+    names = [n for n in table if metric in table[n]]
+    values = [100 * table[n][metric]["value"] for n in names]
+    errors = [100 * table[n][metric].get("se", 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 3.6))
+    ax.bar(range(len(names)), values, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(names))])
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title("Ablation at equal compute (+- 1 standard error)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

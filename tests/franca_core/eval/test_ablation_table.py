@@ -3,7 +3,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from franca_core.eval.ablation import ablation_table, markdown_table, plot_ablation, query_count
+from franca_core.eval.ablation import ablation_table, markdown_table, query_count
+from franca_core.eval.plots import plot_ablation
 
 
 def _report(knn: float, patch_raw: float, patch_rasa: float, mse_raw: float, mse_rasa: float,
