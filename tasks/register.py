@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from franca_core.config import PipelineConfig
 from tasks.common.contract import stage
@@ -82,7 +83,11 @@ def register(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
             **{f"{TAG}run.{r.stage}": r.run_id for r in inputs.values()}, f"{TAG}run.register": ws.run_id}
     c = mlflow.MlflowClient()
     if c.search_registered_models(f"name = '{name}'", max_results=1) == []:
-        c.create_registered_model(name, description="Franca backbone + RASA, trained by franca-pipeline")
+        try:
+            c.create_registered_model(name, description="Franca backbone + RASA, trained by franca-pipeline")
+        except MlflowException as e:  # another flow run registered its first version in between
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     version = c.create_model_version(name, source=f"runs:/{ws.run_id}/model", run_id=ws.run_id, tags=tags)
     c.set_registered_model_alias(name, cfg.tracking.alias, version.version)
     mlflow.set_tags({f"{TAG}registered_model": name, f"{TAG}model_version": version.version})

@@ -32,6 +32,7 @@ from mlflow.data.sources import (  # type: ignore[attr-defined]  # re-exported l
     LocalArtifactDatasetSource,
     S3ArtifactDatasetSource,
 )
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from franca_core.config import PipelineConfig, config_digest
@@ -61,10 +62,21 @@ def client(cfg: PipelineConfig) -> MlflowClient:
 
 
 def experiment_id(cfg: PipelineConfig) -> str:
-    """The experiment's id, created when missing."""
-    c = client(cfg)
-    exp = c.get_experiment_by_name(cfg.tracking.experiment)
-    return exp.experiment_id if exp else c.create_experiment(cfg.tracking.experiment)
+    """The experiment's id, created when missing.
+
+    Two flow runs started together both find no experiment and both create it; the loser's create fails with
+    RESOURCE_ALREADY_EXISTS, and it then reads the one the winner made.
+    """
+    c, name = client(cfg), cfg.tracking.experiment
+    exp = c.get_experiment_by_name(name)
+    if exp:
+        return str(exp.experiment_id)
+    try:
+        return str(c.create_experiment(name))
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS" or (exp := c.get_experiment_by_name(name)) is None:
+            raise
+        return str(exp.experiment_id)
 
 
 def code_version() -> dict[str, str]:
