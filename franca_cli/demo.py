@@ -5,7 +5,8 @@
 1. ``franca stack up``: Prefect server + process worker on ``franca-local`` + MLflow server, on 127.0.0.1;
 2. ``prefect deploy --all`` (``prefect.yaml``);
 3. ``prefect deployment run franca/full-pipeline`` with the tiny profile on the generated LAION-style corpus
-   (served on 127.0.0.1), sized by ``DEMO_OVERRIDES`` to finish in minutes on 2 cores, and waits for it;
+   (served on 127.0.0.1), sized by ``DEMO_OVERRIDES`` to finish in minutes on 2 cores, and waits for it, printing
+   the training stages' progress lines (step, loss, images/s, time left; ``franca_cli.progress``) as they run;
 4. prints where to look (Prefect UI, MLflow UI), the lineage of ``models:/franca-tiny@candidate``, the evaluation
    table and the time per stage. The stack keeps running for the UIs: ``franca stack down`` stops it.
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 from franca_cli.flow_timing import timing
 from franca_cli.options import add_config_options
+from franca_cli.progress import printing_progress
 from infra import stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     _prefect(["deploy", "--all"], env, 600)
     overrides = [*DEMO_OVERRIDES, *args.overrides]
-    out = _prefect(["deployment", "run", "franca/full-pipeline", "--param", f"profile={args.config or args.profile}",
-                    "--param", f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout",
-                    str(int(args.timeout))], env, args.timeout + 60)
+    with printing_progress(settings.mlflow_uri, _log):  # the training stages' step, loss, images/s, time left
+        out = _prefect(["deployment", "run", "franca/full-pipeline", "--param",
+                        f"profile={args.config or args.profile}", "--param", f"overrides={json.dumps(overrides)}",
+                        "--watch", "--watch-timeout", str(int(args.timeout))], env, args.timeout + 60)
     match = re.search(r"UUID: ([0-9a-f-]{36})", out)
     if not match:
         raise RuntimeError("could not read the flow run id from `prefect deployment run`")

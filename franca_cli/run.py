@@ -6,7 +6,8 @@
     franca run --until dedup                                  # the data stages only (any stage name works)
 
 Prints the run's summary (registered model, MLflow parent run, dataset and URL-list digests, headline metrics) as
-JSON. Task results are persisted under the stack's state folder, so ``franca run`` and deployment runs share the
+JSON; while it runs, the training stages' progress lines (step, loss, images/s, time left) go to stderr. Task
+results are persisted under the stack's state folder, so ``franca run`` and deployment runs share the
 cache. A config carrying credentials (``storage.root=s3://KEY:SECRET@bucket``, a tracking URI with a password, a
 signed URL) is refused before anything is stored: Prefect keeps the flow's parameters and ``last-run.json`` keeps
 them for ``--resume``, so credentials come from the environment or a Prefect secret block instead.
@@ -20,6 +21,7 @@ import os
 import sys
 
 from franca_cli.options import add_config_options
+from franca_cli.progress import printing_progress
 from franca_core.config import load_config
 from infra.offline import state_dir
 from infra.stack import StackSettings
@@ -47,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         params = {"profile": args.config or args.profile, "overrides": list(args.overrides), "until": args.until}
     # Before the parameters reach last-run.json or Prefect: the loaded config, so a YAML file is checked too.
-    refuse_credentials(load_config(params["profile"], params["overrides"]).model_dump(mode="json"))
+    cfg = load_config(params["profile"], params["overrides"])
+    refuse_credentials(cfg.model_dump(mode="json"))
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(StackSettings.resolve().result_storage))
     from flows.full_pipeline import franca  # after the environment: Prefect reads its settings from it
+    from tasks.common.tracking import tracking_uri
 
     last.parent.mkdir(parents=True, exist_ok=True)
     last.write_text(json.dumps(params))
-    summary = franca(**params)
+    with printing_progress(tracking_uri(cfg), lambda line: print(line, file=sys.stderr, flush=True)):
+        summary = franca(**params)
     print(json.dumps(summary, indent=1))
     return 0

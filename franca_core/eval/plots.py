@@ -3,12 +3,13 @@
 - ``matryoshka.png``: top-1 accuracy vs kept dimension d (log2 axis), z[:d] against PCA-to-d, k-NN and linear;
 - ``rasa_mse.png``: RASA held-out position MSE per round, before / after removal, with the chance line;
 - ``segmentation.png``: image | ground truth | overclustering (K = classes) | in-context prediction;
-- ``ablation_knn.png``: one bar per ablation variant with +- one standard error (``franca_core.eval.ablation``).
+- ``ablation_knn.png``: one bar per ablation variant with +- one standard error (``franca_core.eval.ablation``);
+- ``loss_curve.png``: a training run's loss terms per step (the pretrain and highres stages' MLflow runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,25 @@ def plot_ablation(table: Mapping[str, Mapping[str, dict[str, float]]], metric: s
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title("Ablation at equal compute (+- 1 standard error)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_loss_curve(series: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
+    """Training loss terms per step (``{"loss": [(step, value), ...], "dino": ...}``), the total drawn thickest."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, (name, points) in enumerate(series.items()):
+        steps, values = zip(*points) if points else ((), ())
+        ax.plot(steps, values, color=f"C{i}", linewidth=2.2 if name == "loss" else 1.2, label=name,
+                marker="o" if len(points) < 20 else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -43,6 +43,9 @@ from tasks.common.store import StageResult
 
 TAG = "franca."
 REPO = Path(__file__).resolve().parents[1]
+# The MLflow UI opens an experiment in the view its kind names; without the tag it guesses, and guessed GenAI.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TRAINING_STAGES = ("pretrain", "highres")  # their runs carry MLflow system metrics (CPU, memory, GPU if pynvml)
 def tracking_uri(cfg: PipelineConfig) -> str:
     """``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else SQLite beside a local storage root."""
     if cfg.tracking.tracking_uri:
@@ -70,9 +73,11 @@ def experiment_id(cfg: PipelineConfig) -> str:
     c, name = client(cfg), cfg.tracking.experiment
     exp = c.get_experiment_by_name(name)
     if exp:
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made before the tag, or elsewhere
+            c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return str(exp.experiment_id)
     try:
-        return str(c.create_experiment(name))
+        return str(c.create_experiment(name, tags=dict([EXPERIMENT_KIND])))
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS" or (exp := c.get_experiment_by_name(name)) is None:
             raise
@@ -292,7 +297,8 @@ class MlflowTracker:
                 f"{TAG}code_digest": key.parts["code"], f"{TAG}input_digest": key.digest,
                 **{f"{TAG}upstream.{k}": v.run_id for k, v in inputs.items()}}
         with mlflow.start_run(experiment_id=experiment_id(self.cfg), run_name=stage.name, nested=True,
-                              parent_run_id=self.parent_run_id, tags=redact_tree(tags)) as run:
+                              parent_run_id=self.parent_run_id, tags=redact_tree(tags),
+                              log_system_metrics=True if stage.name in TRAINING_STAGES else None) as run:
             mlflow.log_params(params)
             log_inputs(inputs, file_inputs(cfg, stage, key))
             self._started = time.perf_counter()

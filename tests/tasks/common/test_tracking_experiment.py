@@ -39,3 +39,16 @@ def test_other_create_errors_are_not_swallowed(tmp_path: Path, monkeypatch: pyte
     # Still missing after the failed create: the error is real and surfaces.
     with pytest.raises(Exception, match="RESOURCE_ALREADY_EXISTS|already exists"):
         tracking.experiment_id(cfg)
+
+
+def test_experiment_opens_in_the_model_training_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = PipelineConfig.model_validate({"storage": {"root": str(tmp_path)}})
+    c = tracking.client(cfg)
+    made = tracking.experiment_id(cfg)
+    assert c.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = c.create_experiment("made-before-the-tag", tags={"mlflow.experimentKind": "genai_development"})
+    cfg = PipelineConfig.model_validate({"storage": {"root": str(tmp_path)},
+                                         "tracking": {"experiment": "made-before-the-tag"}})
+    assert tracking.experiment_id(cfg) == older
+    assert c.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
