@@ -146,6 +146,7 @@ class ModelConfig(_Section):
     img_size: int = Field(224, gt=0)
     num_registers: int = Field(0, ge=0)
     layerscale_init: float = 1e-5
+    ffn: Literal["swiglu", "mlp"] = "swiglu"  # DINOv2 ViT-S/B/L use a GELU MLP (4D), Franca/ViT-g SwiGLU
     drop_path: float = Field(0.1, ge=0, lt=1)
 
     @model_validator(mode="after")
@@ -260,6 +261,9 @@ class TrainConfig(_Section):
     # far less activation memory (ViT-L/g on one GPU); same losses and gradients
     grad_checkpointing: bool = False
     dist_timeout_s: int = Field(1800, gt=0)  # torch.distributed collectives (Ray TorchConfig): a stuck rank fails
+    # weights to start from (local or s3:// file of any layout franca_core.models.io.load_model_spec reads:
+    # this project's, DINOv2, Franca, DINOv3); part of the stage keys by content
+    init_from: str | None = None
 
 
 class RasaConfig(_Section):

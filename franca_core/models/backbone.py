@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import DropPath, SwiGLUPacked
+from timm.layers import DropPath, Mlp, SwiGLUPacked
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -101,7 +101,7 @@ def build_backbone(cfg: ModelConfig, drop_path: float | None = None, img_size: i
         num_classes=0,
         init_values=cfg.layerscale_init,
         reg_tokens=cfg.num_registers,
-        mlp_layer=franca_swiglu,
+        mlp_layer=franca_swiglu if cfg.ffn == "swiglu" else Mlp,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         dynamic_img_size=True,
         qkv_bias=True,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from franca_core.models.backbone import Features, FrancaViT
+from franca_core.models.foreign import TimmBackbone
 from franca_core.rasa import apply_projection
 
 
@@ -24,7 +25,7 @@ class RasaBackbone(nn.Module):
 
     rasa_matrix: torch.Tensor  # a registered buffer (nn.Module's __getattr__ types it Tensor | Module)
 
-    def __init__(self, backbone: FrancaViT, matrix: torch.Tensor) -> None:
+    def __init__(self, backbone: FrancaViT | TimmBackbone, matrix: torch.Tensor) -> None:
         super().__init__()
         d = backbone.embed_dim
         if tuple(matrix.shape) != (d, d):
