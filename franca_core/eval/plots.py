@@ -123,6 +123,7 @@ def plot_loss_curve(series: Mapping[str, Sequence[tuple[int, float]]], path: str
         steps, values = zip(*points) if points else ((), ())
         ax.plot(steps, values, color=f"C{i}", linewidth=2.2 if name == "loss" else 1.2, label=name,
                 marker="o" if len(points) < 20 else None, markersize=3)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps, never 2.5
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title or "training loss")
