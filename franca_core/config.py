@@ -231,6 +231,14 @@ class OptimConfig(_Section):
     freeze_last_layer_steps: int = Field(1250, ge=0)
 
 
+class MonitorConfig(_Section):
+    """Collapse monitors of a training run (``franca_core.train.monitors``): RankMe and view-retrieval k-NN of the
+    teacher's CLS on a fixed batch, logged to the stage's MLflow run. Operational: they never change the weights."""
+
+    every: int = Field(500, ge=0)  # steps between two measurements (also at the first and last step); 0: off
+    batch: int = Field(64, ge=2)  # images of the fixed batch (two global crops each)
+
+
 class TrainConfig(_Section):
     """Stage 4 (and the recipe reused by high-res adaptation)."""
 
@@ -264,6 +272,7 @@ class TrainConfig(_Section):
     # weights to start from (local or s3:// file of any layout franca_core.models.io.load_model_spec reads:
     # this project's, DINOv2, Franca, DINOv3); part of the stage keys by content
     init_from: str | None = None
+    monitor: MonitorConfig = MonitorConfig()
 
 
 class RasaConfig(_Section):
