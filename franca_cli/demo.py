@@ -40,6 +40,7 @@ DEMO_OVERRIDES: list[str] = [
     "data.download.shard_size=250",
     "train.optim.total_steps=200",
     "train.checkpoint_every=50",
+    "train.monitor.every=50",  # RankMe and view k-NN in the progress lines as the 200 steps go (operational)
     "highres.steps=20",
     "highres.warmup_steps=5",
     "highres.batch_size=8",
