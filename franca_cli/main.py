@@ -30,6 +30,7 @@ COMMANDS: list[str] = [
     "franca_cli.lineage",
     "franca_cli.run",
     "franca_cli.eval",
+    "franca_cli.export",
 ]
 
 
