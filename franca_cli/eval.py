@@ -7,7 +7,9 @@
         --fit-rasa tinyimagenet-train --out runs/eval eval.max_images=2000 eval.ood_in=tinyimagenet eval.ood_out=pets
 
 The checkpoint is a training checkpoint (its teacher backbone is evaluated) or an exported ``.safetensors``
-backbone (with its RASA matrix, if it has one); the architecture is read from the file. Sets are Parquet files in
+backbone (with its RASA matrix, if it has one); the architecture is read from the file. ``--model SPEC`` takes any
+backbone instead: also ``models:/NAME@ALIAS``, ``s3://`` files, DINOv2 / Franca / DINOv3 checkpoints in their
+original layout and ``timm:MODEL_NAME:WEIGHTS`` (``franca_cli/model_option.py``). Sets are Parquet files in
 the ``../shared/data`` layout or ImageFolder trees, named ``<group>-<split>`` so train and test splits pair up
 (``franca_core/eval/splits.py``). Writes ``report.json``, ``report.md`` and PNG plots under ``--out`` and prints
 the results as JSON. Bad input (no labels for a task that needs them, masks of the wrong size, an empty set, a
@@ -23,17 +25,18 @@ import json
 import sys
 from pathlib import Path
 
+from franca_cli.model_option import SPECS, add_model_options, load_from_args
 from franca_cli.options import add_config_options, config_from_args
 from franca_core.config import ConfigError, load_config
-from franca_core.eval.evaluate import evaluate_backbone, open_sets, random_init
-from franca_core.models.io import load_backbone
+from franca_core.eval.evaluate import evaluate_backbone, open_sets
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``eval`` to the ``franca`` command."""
     p = sub.add_parser("eval", help="evaluate a checkpoint on labelled image sets (k-NN, linear, segmentation, ...)")
     add_config_options(p)
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or exported backbone (.safetensors)")
+    p.add_argument("--checkpoint", default=None, help="training checkpoint (.pt) or exported backbone (.safetensors)")
+    add_model_options(p, required=False)
     p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                    help="an evaluation set (repeatable); also eval.datasets in the config")
     p.add_argument("--out", default="runs/eval", help="output folder for report.json, report.md and plots")
@@ -66,16 +69,19 @@ def run(args: argparse.Namespace) -> int:
     paths = {**eval_cfg.datasets, **parse_data(args.data)}
     try:
         expected = load_config(args.expect_profile).train.model if args.expect_profile else None
-        loaded = load_backbone(args.checkpoint, expected=expected)
+        if (args.checkpoint is None) == (args.model is None):
+            raise ValueError(f"name the backbone with --checkpoint FILE or --model SPEC ({SPECS}), not both")
+        args.model = args.model or args.checkpoint
+        loaded = load_from_args(args, expected=expected)
         if not paths:
             raise ValueError("no evaluation sets: pass --data NAME=PATH (or set eval.datasets)")
         sets = open_sets(paths, loaded.model_cfg.patch_size, eval_cfg)
         n_levels = (loaded.train_config or {}).get("heads", {}).get("n_levels", cfg.train.heads.n_levels)
         report, files, _ = evaluate_backbone(
-            loaded.backbone, sets, eval_cfg, cfg.rasa, Path(args.out), n_levels=n_levels,
+            loaded.network, sets, eval_cfg, cfg.rasa, Path(args.out), n_levels=n_levels,
             rasa_matrix=None if args.no_rasa else loaded.rasa_matrix, fit_rasa_set=args.fit_rasa,
             log=lambda s: print(s, file=sys.stderr, flush=True),
-            baseline=random_init(loaded.model_cfg, eval_cfg.seed) if eval_cfg.baseline else None)
+            baseline=loaded.random_init(eval_cfg.seed) if eval_cfg.baseline else None)
     except (ValueError, FileNotFoundError) as exc:
         print(f"franca eval: error: {exc}", file=sys.stderr)
         return 2

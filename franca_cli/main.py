@@ -30,6 +30,8 @@ COMMANDS: list[str] = [
     "franca_cli.lineage",
     "franca_cli.run",
     "franca_cli.eval",
+    "franca_cli.rasa",
+    "franca_cli.features",
     "franca_cli.export",
 ]
 

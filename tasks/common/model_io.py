@@ -4,12 +4,22 @@ Upstream ``StageResult.files`` name their files: the pretrain stage writes ``bac
 teacher backbone) beside ``train_config`` (JSON); the highres stage writes ``backbone`` in the self-describing
 format of ``franca_core.models.io``; a ``checkpoint`` may be a training checkpoint file. Remote URIs (``s3://``)
 are copied to a local folder first.
+
+``load_model`` reads a backbone from any model spec (what ``--model`` and ``train.init_from`` accept):
+
+- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a version of the MLflow Model Registry (the tracking
+  server of ``MLFLOW_TRACKING_URI`` or the given one); its ``franca_model.json`` names the weights (the pyfunc's
+  ``artifacts/`` safetensors with the RASA matrix, or the backbone / train config / RASA files of older versions);
+- a local or ``s3://`` file: this project's checkpoint or backbone, or DINOv2 / Franca / DINOv3 weights in their
+  original key layout (``franca_core.models.foreign``);
+- ``timm:<model name>:<weights file>`` (the file local or ``s3://``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import torch
@@ -18,7 +28,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from franca_core.config import ModelConfig, TrainConfig
 from franca_core.data.shards import IMAGE_EXTENSIONS, ShardIndex
-from franca_core.models.io import LoadedBackbone, load_backbone
+from franca_core.models.io import TIMM_PREFIX, LoadedBackbone, check_architecture, load_backbone, load_model_spec
 from tasks.common.digests import local_copy
 from tasks.common.store import StageResult
 
@@ -38,6 +48,89 @@ def load_stage_model(result: StageResult, folder: Path, expected: ModelConfig | 
         return load_backbone(local_copy(files["checkpoint"], folder), expected)
     raise ValueError(f"the {result.stage} output {result.uri} has no model file (backbone .safetensors or "
                      f"checkpoint .pt); it has {sorted(files)}")
+
+
+MODELS_PREFIX = "models:/"
+
+
+def registry_files(uri: str, folder: Path, tracking_uri: str | None = None) -> Path:
+    """Download the files of a registered model version (``models:/name@alias`` or ``models:/name/version``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    ref = uri.removeprefix(MODELS_PREFIX)
+    name, at, alias = ref.partition("@")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if at:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.rpartition("/")
+            if not name or not number.isdigit():
+                raise ValueError(f"{uri} is not models:/<name>@<alias> or models:/<name>/<version>")
+            version = client.get_model_version(name, number)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{MODELS_PREFIX}{name}/{version.version}",
+                                                        dst_path=str(folder), tracking_uri=tracking_uri))
+    except MlflowException as exc:
+        raise ValueError(f"{uri}: {exc.message}") from None
+
+
+def _registered_backbone(model_dir: Path, uri: str) -> LoadedBackbone:
+    """The backbone (and RASA matrix) of a downloaded registered version, as ``franca_model.json`` names them."""
+    card_path = model_dir / "franca_model.json"
+    card: dict[str, Any] = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    files = {k: model_dir / v for k, v in card.get("files", {}).items()}
+    weights = files.get("weights") or next((p for k, p in files.items() if k.startswith("model.")
+                                            and p.suffix in (".safetensors", ".pt")), None)
+    if weights is None:  # no card: the one self-describing safetensors file of the folder
+        found = sorted(model_dir.rglob("*.safetensors"))
+        weights = found[0] if len(found) == 1 else None
+    if weights is None or not weights.is_file():
+        held = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
+        raise ValueError(f"{uri} holds no backbone weights this project can read (files {held})")
+    model_cfg = None
+    train_file = next((p for k, p in files.items() if k.endswith("train_config")), None)
+    if train_file is not None:
+        model_cfg = TrainConfig.model_validate(json.loads(train_file.read_text())).model
+    elif "architecture" in card:
+        model_cfg = ModelConfig.model_validate(card["architecture"])
+    loaded = load_backbone(weights, model_cfg=model_cfg)
+    rasa_file = next((p for k, p in files.items() if k.startswith("rasa.") and p.suffix == ".safetensors"), None)
+    if loaded.rasa_matrix is None and rasa_file is not None:
+        loaded.rasa_matrix = load_file(str(rasa_file)).get("rasa.matrix")
+    loaded.source = uri
+    return loaded
+
+
+def load_model(spec: str, folder: Path, num_heads: int | None = None, expected: ModelConfig | None = None,
+               tracking_uri: str | None = None) -> LoadedBackbone:
+    """A backbone from any model spec (see the module docstring); remote files are copied under ``folder``.
+
+    Raises:
+        ValueError: a spec of no known form, a file of no known layout, a registry entry that does not exist.
+        FileNotFoundError: a local file that does not exist.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise ValueError("empty model spec")
+    if spec.startswith(MODELS_PREFIX):
+        loaded = _registered_backbone(registry_files(spec, folder, tracking_uri), spec)
+        if expected is not None:
+            check_architecture(loaded.model_cfg, expected, spec)
+        return loaded
+    if spec.startswith(TIMM_PREFIX):
+        name, sep, weights = spec[len(TIMM_PREFIX):].partition(":")
+        local = f"{TIMM_PREFIX}{name}{sep}{local_copy(weights, folder) if weights else ''}"
+        loaded = load_model_spec(local, num_heads, expected)
+        loaded.source = spec
+        return loaded
+    path = local_copy(spec, folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {spec}")
+    loaded = load_model_spec(path, num_heads, expected)
+    loaded.source = spec
+    return loaded
 
 
 def rasa_matrix_of(result: StageResult, folder: Path) -> torch.Tensor:
