@@ -4,13 +4,15 @@
     franca export runs/train/checkpoint.pt --format timm runs/export/timm/
 
 MODEL is a registered model (``models:/<name>@<alias>`` or ``models:/<name>/<version>``, from ``--tracking-uri``,
-else ``MLFLOW_TRACKING_URI``), or a local weights file any ``franca eval --model`` reads (a training checkpoint, an
-exported ``.safetensors`` backbone, ...). ``timm`` writes ``model.safetensors`` + ``config.json`` (+
-``rasa.safetensors``) into the folder OUT: ``timm.create_model(config["architecture"], pretrained=False,
-**config["kwargs"])`` then ``load_state_dict``. ``onnx`` writes the graph (images (B, 3, S, S) ImageNet-normalised ->
-``cls``, ``patch`` with RASA) to OUT (``model.onnx`` inside OUT when it does not end in ``.onnx``). Both exports are
-checked against the torch features on a seeded batch; the maximum absolute difference is printed in the JSON
-summary. A model that cannot be read exits with status 2 and one line naming the cause.
+else ``MLFLOW_TRACKING_URI``), or any model spec ``--model`` takes elsewhere (``tasks.common.model_io.load_model``:
+this project's checkpoints, local or s3:// files, DINOv2 / Franca / DINOv3 layouts, ``timm:<name>:<weights>``).
+
+``timm`` writes ``model.safetensors`` + ``config.json`` (+ ``rasa.safetensors``) into the folder OUT:
+``timm.create_model(config["architecture"], pretrained=False, **config["kwargs"])`` then ``load_state_dict``.
+``onnx`` writes the graph (images (B, 3, S, S) ImageNet-normalised -> ``cls``, ``patch`` with RASA) to OUT
+(``model.onnx`` inside OUT when it does not end in ``.onnx``). Both exports are checked against the torch features
+on a seeded batch; the maximum absolute difference is printed in the JSON summary. A model that cannot be read
+exits with status 2 and one line naming the cause.
 """
 
 from __future__ import annotations
@@ -39,26 +41,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="ONNX input size (default: the model's img_size)")
     p.add_argument("--no-rasa", action="store_true", help="leave the RASA matrix out of the ONNX graph")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ (else MLFLOW_TRACKING_URI)")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads of a DINOv2/Franca/DINOv3 file whose head count is not D/64")
     p.set_defaults(func=run)
 
 
-def load_model(spec: str, tracking_uri: str | None, folder: Path) -> io.LoadedBackbone:
-    """The backbone (+ RASA) a MODEL argument names; ``models:/`` URIs are downloaded into ``folder``."""
+def load_model(spec: str, tracking_uri: str | None, folder: Path, num_heads: int | None = None
+               ) -> io.LoadedBackbone:
+    """The backbone (+ RASA) a MODEL argument names; ``models:/`` URIs and remote files are fetched into ``folder``."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is the JSON summary
+    from tasks.common import model_io
+
+    universal = getattr(model_io, "load_model", None)  # every --model form (registry, s3://, foreign layouts)
+    if universal is not None:
+        return universal(spec, folder, num_heads=num_heads, tracking_uri=tracking_uri)
     if spec.startswith("models:/"):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is the JSON summary
         import mlflow
 
         from tasks.common.pyfunc_model import weights_file
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(folder))
+            local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(folder),
+                                                       tracking_uri=tracking_uri)
         except mlflow.exceptions.MlflowException as exc:
             raise ValueError(f"{spec} cannot be read from {mlflow.get_tracking_uri()}: {exc.message}") from None
         return io.load_backbone(weights_file(local))
-    loader = getattr(io, "load_model_spec", None)  # any layout, timm:<name>:<file> (when this library has it)
-    return loader(spec) if loader is not None else io.load_backbone(spec)
+    return io.load_backbone(spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"model": args.model, "format": args.format}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            loaded = load_model(args.model, args.tracking_uri, Path(tmp))
+            loaded = load_model(args.model, args.tracking_uri, Path(tmp), args.num_heads)
             if args.format == "timm":
                 files = export.export_timm(loaded, out)
                 summary["max_abs_diff"] = timm_difference(loaded, out)

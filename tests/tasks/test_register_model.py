@@ -187,3 +187,27 @@ def test_register__run_carries_a_lineage_picture_naming_every_stage(registered: 
     assert f"run {result.run_id}" in texts and f"digest {result.digest[:12]}" in texts
     arrows = ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}path")
     assert len([p for p in arrows if p.get("marker-end")]) == sum(map(len, UPSTREAM.values())) + 4
+
+
+def test_export__from_the_registry_onnx_matches_the_pyfunc(registered: dict[str, Any], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import mlflow
+    import onnxruntime as ort
+
+    from franca_cli.main import main
+
+    name = registered["result"].stats["name"]
+    uri = registered["cfg"].tracking.tracking_uri
+    code = main(["export", f"models:/{name}@candidate", "--format", "onnx", str(tmp_path / "m.onnx"),
+                 "--tracking-uri", uri])
+    summary = json.loads(capsys.readouterr().out)
+    print(f"ONNX (from models:/{name}@candidate) vs torch, max abs difference: {summary['max_abs_diff']:.2e}")
+    assert code == 0 and summary["max_abs_diff"] < 1e-3
+    images = example_images(load_backbone(registered["weights"]).model_cfg, batch=2, seed=7).numpy()
+    cls, patch = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": images})
+    served = mlflow.pyfunc.load_model(f"models:/{name}@candidate").predict(images)
+    np.testing.assert_allclose(cls, served["cls"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(patch, served["patch"], atol=1e-3, rtol=0)
