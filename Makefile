@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Packages mypy checks (franca_core: disallow_untyped_defs, see [tool.mypy] in pyproject.toml).
 MYPY_PATHS ?= franca_core tasks
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean postgres
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,22 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/franca demo
 
+# PostgreSQL's server from Debian's packages, for tests/infra/test_mlflow_postgres_s3.py (which starts a throwaway
+# cluster of its own on 127.0.0.1): installed when missing, as root, without the package's default cluster (nothing
+# listens on 5432). Without root or apt-get it says so and that test skips with the reason.
+PG_INITDB ?= /usr/lib/postgresql/*/bin/initdb
+PG_INSTALL ?= apt-get install -y -q --no-install-recommends postgresql
+postgres:
+	@if ls $(PG_INITDB) >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make postgres: no PostgreSQL server and no root apt-get here; the MLflow-on-PostgreSQL test will skip"; \
+	  exit 0; fi; \
+	mkdir -p /etc/postgresql-common/createcluster.d && \
+	echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/franca-no-main-cluster.conf && \
+	export DEBIAN_FRONTEND=noninteractive && { $(PG_INSTALL) || { apt-get update -q && $(PG_INSTALL); }; }
+
 # ruff and mypy run first; either one failing fails the target before pytest starts.
-test: lint
+test: lint postgres
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: lint
