@@ -5,12 +5,14 @@ Reference: Franca (arXiv 2507.14137) "High-resolution fine-tuning" and DINOv2 (a
 pretrained TEACHER backbone, the learned (1, prefix + h*w, D) position table is resampled from the old grid to
 ``global_size / patch`` per side (bicubic, antialiased: timm's ``resample_abs_pos_embed``; the prefix (CLS) slot
 is copied), the DINO / iBOT heads start fresh, and the whole model trains with the same losses through the same
-``FrancaTrainer`` / ``run_steps`` driver with the global crops at ``global_size`` for ``steps`` iterations.
+``FrancaTrainer`` with the global crops at ``global_size`` for ``steps`` iterations: in one process through
+``run_steps`` here (``adapt_highres``), or on Ray Train by the highres stage (``tasks/highres.py``), whose workers
+start from ``resized_backbone`` through ``load_initial_backbone``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +73,12 @@ def highres_train_config(train: TrainConfig, hr: HighresConfig) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
+def load_initial_backbone(trainer: FrancaTrainer, state: Mapping[str, torch.Tensor]) -> None:
+    """Student and teacher backbones start from ``state`` (the resized pretrained teacher); the heads stay fresh."""
+    for model in (trainer.student_core, trainer.teacher):
+        model.backbone.load_state_dict(state)
+
+
 @dataclass
 class HighresResult:
     """The adapted teacher backbone, its config and the trainer (for a full checkpoint)."""
@@ -99,8 +107,7 @@ def adapt_highres(train_cfg: TrainConfig, hr: HighresConfig, teacher_backbone: F
     resized, _ = resized_backbone(teacher_backbone, train_cfg.model, hr.global_size)
     torch.manual_seed(cfg.seed)
     trainer = FrancaTrainer(cfg)  # new DINO / iBOT heads: the re-initialisation
-    for model in (trainer.student_core, trainer.teacher):
-        model.backbone.load_state_dict(resized.state_dict())
+    load_initial_backbone(trainer, resized.state_dict())
     history: list[dict[str, Any]] = []
     if hr.steps > 0:
         loader = dataset(cfg) if callable(dataset) else multicrop_loader(cfg, dataset)

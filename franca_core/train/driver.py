@@ -1,7 +1,7 @@
 """One single-process pretraining run: seed, build the trainer, stream multi-crop batches, stop on a budget.
 
-The plain-loop counterpart of the Ray Train worker loop (``tasks/pretrain_loop.py``), for one process on one device:
-``franca train``, the pretraining of ``franca bench eval`` and the learning test all run through ``pretrain``.
+The plain-loop counterpart of the Ray Train worker loop (``tasks/common/train_loop.py``), for one process on one
+device: ``franca train``, the pretraining of ``franca bench eval`` and the learning test all run through ``pretrain``.
 Reference: the loop of ``nanoGPT/train.py`` and ``dinov2/train/train.py: do_train`` (without its distributed setup);
 the step itself is ``FrancaTrainer.train_step``, the epoch loop ``franca_core.train.loop.run_steps``.
 

@@ -29,8 +29,8 @@ from franca_core.models.backbone import build_backbone
 from franca_core.models.student_teacher import build_student_teacher
 from tasks.common.runner import run_stage
 from tasks.common.store import StageResult
+from tasks.common.train_loop import weights_digest
 from tasks.pretrain import pretrain as pretrain_stage
-from tasks.pretrain_loop import weights_digest
 
 STAGE = "pretrain"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from franca_core.config import load_config
 from tasks.common.contract import load_stage
+from tasks.common.ray_train import torch_config
 from tasks.common.store import StageResult
-from tasks.pretrain import torch_config
 
 DATASET = StageResult(stage="dedup", uri="/x", input_digest="a" * 64, digest="b" * 64)
 

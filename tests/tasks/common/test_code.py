@@ -12,8 +12,8 @@ from tasks.common import code
 
 def test_code_modules__follow_imports_transitively_and_skip_the_config_schema() -> None:
     modules = code.code_modules("tasks.pretrain")
-    assert {"tasks.pretrain", "tasks.pretrain_loop", "franca_core.train.trainer", "franca_core.checkpoint",
-            "tasks.common.store"} <= set(modules)
+    assert {"tasks.pretrain", "tasks.common.ray_train", "tasks.common.train_loop", "franca_core.train.trainer",
+            "franca_core.checkpoint", "tasks.common.store"} <= set(modules)
     assert "franca_core.config" not in modules and "tasks.download" not in modules
     assert "franca_core.train.trainer" not in code.code_modules("tasks.download")  # training code: no re-download
 
