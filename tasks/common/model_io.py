@@ -70,8 +70,10 @@ def registry_files(uri: str, folder: Path, tracking_uri: str | None = None) -> P
                 raise ValueError(f"{uri} is not models:/<name>@<alias> or models:/<name>/<version>")
             version = client.get_model_version(name, number)
         folder.mkdir(parents=True, exist_ok=True)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{MODELS_PREFIX}{name}/{version.version}",
-                                                        dst_path=str(folder), tracking_uri=tracking_uri))
+        # the version's own artifact location (runs:/ or mlflow-artifacts:/), read through this tracking server
+        source = client.get_model_version_download_uri(name, version.version)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder),
+                                                        tracking_uri=tracking_uri))
     except MlflowException as exc:
         raise ValueError(f"{uri}: {exc.message}") from None
 
