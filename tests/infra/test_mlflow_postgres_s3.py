@@ -45,7 +45,7 @@ BIN = Path(sys.executable).parent
 BUCKET = "franca-mlflow"
 PG_PASSWORD = "pg-test-password-never-logged"
 S3_KEY_ID, S3_SECRET = "franca-test-key-id", "franca/test+S3SECRET/never-in-mlflow000"  # moto accepts any
-# The provenance tests' run: 2 pretraining steps, k-NN only; evaluation on the tiny profile's own held-out images.
+# The provenance tests' run: 2 pretraining steps, k-NN only, evaluated on generated images (no eval.datasets).
 FAST = [o for o in e2e.TINY if not o.startswith("train.optim.total_steps")] + [
     "train.optim.total_steps=2", "dedup.include_eval_datasets=false", "eval.tasks=[knn]"]
 
