@@ -22,6 +22,7 @@ from tasks.common.store import StageResult
 from tasks.common.tracking import TAG
 
 ARTIFACT = "lineage.svg"
+CAPTIONS = {"source": "URL list", "dedup": "training images", "register": "model"}  # what those outputs are
 BOX_W, BOX_H, COL_GAP, ROW_GAP, MARGIN, TITLE_H, LANE_W = 250, 66, 40, 34, 20, 40, 34
 
 
@@ -147,6 +148,8 @@ def render_svg(nodes: Mapping[str, Node], title: str) -> str:
                 f'stroke="#3c4043"/>',
                 f'<text x="{x + 10:.0f}" y="{y + 20:.0f}" font-size="14" font-weight="bold">'
                 f'{escape(node.stage)}</text>',
+                f'<text x="{x + BOX_W - 10:.0f}" y="{y + 20:.0f}" font-size="11" fill="#5f6368" '
+                f'text-anchor="end">{escape(CAPTIONS.get(node.stage, ""))}</text>',
                 f'<text x="{x + 10:.0f}" y="{y + 38:.0f}" font-size="11" font-family="DejaVu Sans Mono, monospace">'
                 f'digest {escape(node.digest[:12] or "-")}</text>',
                 f'<text x="{x + 10:.0f}" y="{y + 55:.0f}" font-size="10" font-family="DejaVu Sans Mono, monospace">'
