@@ -1,7 +1,9 @@
 """The highres stage on real Ray Train (the runner it shares with pretrain): a worker killed mid-run restarts the
 group from the last checkpoint, data position included, and the run finishes with the requested steps.
 
-The tiny architecture at 32 px, adapted to 48 px on 16 generated images, 2 workers, 4 steps, a checkpoint every 2.
+The tiny architecture at 32 px, adapted to 48 px on 16 generated images, 4 steps, a checkpoint every 2, on one
+worker (the fixed cost is Ray's and the worker group's start, twice; test_pretrain.py runs 2-worker DDP through the
+same runner).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tasks.highres import highres as highres_stage
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SMALL = ["train.model.img_size=32", "train.crops.global_size=32", "train.crops.local_size=16", "train.crops.n_local=1",
-         "train.num_workers=2", "train.cpus_per_worker=1", "train.loader_workers=0", "train.checkpoint_every=2",
+         "train.num_workers=1", "train.cpus_per_worker=1", "train.loader_workers=0", "train.checkpoint_every=2",
          "train.log_every=1", "train.keep_checkpoints=10", "highres.global_size=48", "highres.local_size=16",
          "highres.steps=4", "highres.warmup_steps=1", "highres.batch_size=4"]
 
@@ -72,10 +74,10 @@ def test_highres__worker_failure_resumes_from_the_checkpoint(tmp_path: Path) -> 
     assert Path(result.uri, ".failed_once_at_step_3").is_file(), "the injected failure did not happen"
     assert stats["resumed_from"] == 2, stats  # the restarted group continued from the step-2 checkpoint, not 0
     assert stats["steps"] == 4 and [h["step"] for h in stats["history"]] == [1, 2, 3, 4], stats["history"]
-    assert len(set(stats["rank_weight_digests"])) == 1 and len(set(stats["rank_data_digests"])) == 2
+    assert len(stats["rank_weight_digests"]) == 1
 
     hr_cfg = highres_train_config(base_train_config(cfg, cfg.train.model_dump(mode="json")), cfg.highres)
-    batches = iter(build_dataset_loader(ImageFolderDataset(images), hr_cfg, 0, 2))
+    batches = iter(build_dataset_loader(ImageFolderDataset(images), hr_cfg, 0, 1))
     digest = ""
     for _ in range(4):
         digest = hashlib.sha256(digest.encode() + next(batches)["ids"].numpy().tobytes()).hexdigest()
