@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from franca_core.config import PipelineConfig
-from franca_core.eval.evaluate import evaluate_backbone, open_sets, random_init, synthetic_sets
+from franca_core.eval.evaluate import evaluate_backbone, open_sets, synthetic_sets
 from tasks.common.contract import stage
-from tasks.common.model_io import load_stage_model, rasa_matrix_of
+from tasks.common.model_io import init_provenance, load_stage_model, rasa_matrix_of
 from tasks.common.store import StageResult, Workspace
 
 
@@ -69,8 +69,9 @@ def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
 
 
 @stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images",
-                          "data.synthetic.style"),
-       files=("eval.datasets", "eval.depth"), inputs=("model", "rasa"), operational=("eval.cache_dir",))
+                          "data.synthetic.style", "train.init_from"),
+       files=("eval.datasets", "eval.depth", "train.init_from"), inputs=("model", "rasa"),
+       operational=("eval.cache_dir",))
 def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: StageResult) -> StageResult:
     """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +83,8 @@ def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
                 else synthetic_sets(patch, n_images=min(200, cfg.data.synthetic.n_images),
                                     size=cfg.train.model.img_size, style=cfg.data.synthetic.style))
         eval_cfg = cfg.eval.model_copy(update={"cache_dir": cfg.eval.cache_dir or str(local / "cache")})
-        baseline = random_init(loaded.model_cfg, cfg.eval.seed) if cfg.eval.baseline else None
-        report, files, _ = evaluate_backbone(loaded.backbone, sets, eval_cfg, cfg.rasa, local / "report",
+        baseline = loaded.random_init(cfg.eval.seed) if cfg.eval.baseline else None
+        report, files, _ = evaluate_backbone(loaded.network, sets, eval_cfg, cfg.rasa, local / "report",
                                              cfg.train.heads.n_levels, matrix, baseline=baseline)
         summary = headline(report)
         _log_mlflow(summary, local / "report")
@@ -93,4 +94,5 @@ def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
         out_digest = hashlib.sha256(files["json"].read_bytes()).hexdigest()
     stats = {"summary": summary, "timing": {k: v for k, v in report["timing"].items() if v is not None},
              "skipped": report["skipped"]}
+    stats |= init_provenance(cfg.train.init_from)  # the weights training started from, if any
     return ws.result(out_digest, {k: p.name for k, p in files.items()}, stats)

@@ -22,7 +22,7 @@ from franca_core.eval.data import EvalSet
 from franca_core.eval.plots import plot_rasa
 from franca_core.eval.position_probe import fit_rasa_on
 from tasks.common.contract import stage
-from tasks.common.model_io import load_stage_model, shard_images
+from tasks.common.model_io import init_provenance, load_stage_model, shard_images
 from tasks.common.store import StageResult, Workspace
 
 
@@ -38,8 +38,8 @@ def rasa_images(cfg: PipelineConfig, dataset: StageResult, patch_size: int) -> E
                                 square=True)
 
 
-@stage("rasa", reads=("rasa", "eval.seed", "eval.batch_size", "train.model.img_size", "train.seed"),
-       files=("rasa.dataset",), inputs=("model", "dataset"))
+@stage("rasa", reads=("rasa", "eval.seed", "eval.batch_size", "train.model.img_size", "train.seed", "train.init_from"),
+       files=("rasa.dataset", "train.init_from"), inputs=("model", "dataset"))
 def rasa(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: StageResult) -> StageResult:
     """Fit RASA for ``model`` (a pretrain or highres output); returns the rasa output (files: rasa, summary, plot)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,7 +47,7 @@ def rasa(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: StageR
         loaded = load_stage_model(model, local / "in")
         images = rasa_images(cfg, dataset, loaded.model_cfg.patch_size)
         start = time.perf_counter()
-        result = fit_rasa_on(loaded.backbone, images, cfg.rasa, cfg.eval.batch_size, cfg.train.seed)
+        result = fit_rasa_on(loaded.network, images, cfg.rasa, cfg.eval.batch_size, cfg.train.seed)
         summary = {**result.summary(), "images": min(len(images), cfg.rasa.max_images),
                    "seconds": round(time.perf_counter() - start, 2)}
         save_file({"rasa.matrix": result.matrix.contiguous(), "rasa.directions": result.directions.contiguous()},
@@ -60,4 +60,5 @@ def rasa(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: StageR
                 ws.fs.put(str(local / name), f"{out}/{name}")
         out_digest = hashlib.sha256((local / "rasa.safetensors").read_bytes()).hexdigest()
     stats = {k: v for k, v in summary.items() if k != "rounds"} | {"rounds": len(result.rounds)}
+    stats |= init_provenance(cfg.train.init_from)  # the weights training started from, if any
     return ws.result(out_digest, names, stats)

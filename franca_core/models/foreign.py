@@ -19,8 +19,8 @@ Layouts (read from the original repositories; the conversions are timm's own whe
 
 Eva and other timm models reach the project's consumers through ``TimmBackbone``, which gives them the
 ``forward_masked`` / ``patch_size`` / ``embed_dim`` interface of ``FrancaViT`` (CLS and patch tokens after the final
-norm; registers dropped). The number of heads is not in the weights: pass it, or the default is D / 64 (DINOv2 and
-DINOv3 S/B/L/g/H+), 32 at D = 4096 (DINOv3 7B).
+norm; registers dropped). The number of heads is not in DINOv2 / Franca weights: pass it, or the default is D / 64
+(DINOv2 S/B/L/g), 32 at D = 4096; DINOv3 files give it by their RoPE periods (head_dim / 4 of them).
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ def dinov3_arch(state: Mapping[str, torch.Tensor], source: str, num_heads: int |
     if "cls_token" not in state:
         raise ValueError(f"{source} is not a DINOv3 ViT (no cls_token)")
     d = int(state["cls_token"].shape[-1])
+    periods = state.get("rope_embed.periods")
+    if num_heads is None and periods is not None and d % (4 * periods.numel()) == 0:
+        num_heads = d // (4 * periods.numel())  # RoPE keeps head_dim / 4 periods: the heads are in the weights
     heads = num_heads or default_heads(d)
     if d % heads:
         raise ValueError(f"{source}: embed_dim {d} is not divisible by {heads} heads (pass the number of heads)")

@@ -13,6 +13,11 @@ are copied to a local folder first.
 - a local or ``s3://`` file: this project's checkpoint or backbone, or DINOv2 / Franca / DINOv3 weights in their
   original key layout (``franca_core.models.foreign``);
 - ``timm:<model name>:<weights file>`` (the file local or ``s3://``).
+
+``train.init_from`` (a local or ``s3://`` file of any layout above; its content enters the keys of the stages that
+declare it): ``init_backbone_state`` gives its weights at the configured architecture and size, for the training
+stages to start from; ``init_result`` makes it an upstream model result, for a flow that runs the post-training
+stages on it directly; ``init_provenance`` is what the rasa and evaluate stages record of it.
 """
 
 from __future__ import annotations
@@ -24,18 +29,22 @@ from typing import Any
 import fsspec
 import torch
 from safetensors.torch import load_file
+from torch import Tensor
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from franca_core.config import ModelConfig, TrainConfig
 from franca_core.data.shards import IMAGE_EXTENSIONS, ShardIndex
+from franca_core.highres import resized_backbone
 from franca_core.models.io import TIMM_PREFIX, LoadedBackbone, check_architecture, load_backbone, load_model_spec
-from tasks.common.digests import local_copy
+from tasks.common.digests import content_digest, local_copy
 from tasks.common.store import StageResult
 
 
 def load_stage_model(result: StageResult, folder: Path, expected: ModelConfig | None = None) -> LoadedBackbone:
     """The backbone of a pretrain / highres output (or any result with a ``backbone`` or ``checkpoint`` file)."""
     files = result.files
+    if "weights" in files:  # any model spec (``init_result``)
+        return load_model(str(files["weights"]), folder, expected=expected)
     if "backbone" in files and str(files["backbone"]).endswith(".safetensors"):
         model_cfg = train = None
         if "train_config" in files:
@@ -133,6 +142,34 @@ def load_model(spec: str, folder: Path, num_heads: int | None = None, expected: 
     loaded = load_model_spec(path, num_heads, expected)
     loaded.source = spec
     return loaded
+
+
+INIT_STAGE = "init_from"
+
+
+def init_backbone_state(spec: str, model_cfg: ModelConfig, folder: Path) -> dict[str, Tensor]:
+    """The ``FrancaViT`` weights of ``spec`` (``train.init_from``) for ``model_cfg``: its architecture checked (heads
+    as configured), its position grid resized to ``model_cfg.img_size``. Load them into the student and the teacher
+    backbone (``franca_core.highres.load_initial_backbone``); the heads stay fresh.
+
+    Raises:
+        ValueError: another architecture, or one FrancaViT cannot represent (DINOv3's RoPE ViT).
+    """
+    loaded = load_model(spec, folder, num_heads=model_cfg.num_heads, expected=model_cfg)
+    resized, _ = resized_backbone(loaded.backbone, loaded.model_cfg, model_cfg.img_size)
+    return {k: v.contiguous() for k, v in resized.state_dict().items()}
+
+
+def init_result(spec: str) -> StageResult:
+    """``train.init_from`` as an upstream model result (``files["weights"]``, digest = its content's sha256), for a
+    flow that runs highres / rasa / evaluate / register on it instead of on a pretrain output."""
+    digest = content_digest(spec)
+    return StageResult(stage=INIT_STAGE, uri=spec, input_digest=digest, digest=digest, files={"weights": spec})
+
+
+def init_provenance(spec: str | None) -> dict[str, str]:
+    """``{"init_from", "init_from_sha256"}`` of a set ``train.init_from`` (for a stage's stats), else ``{}``."""
+    return {"init_from": spec, "init_from_sha256": content_digest(spec)} if spec else {}
 
 
 def rasa_matrix_of(result: StageResult, folder: Path) -> torch.Tensor:
