@@ -94,3 +94,21 @@ def test_feature_model__dim_out_of_range_is_one_clear_error(tmp_path: Path) -> N
     loaded = load_backbone(tiny_model(tmp_path))
     with pytest.raises(ValueError, match=r"dim=65 is out of range: .* 64 dimensions"):
         export.feature_model(loaded, dim=65)
+
+
+@pytest.mark.parametrize("fmt", ["timm", "onnx"])
+def test_export__a_timm_built_backbone_keeps_its_timm_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           fmt: str) -> None:
+    """A backbone only timm builds (``timm:<name>:<weights>``, as DINOv3 loads) exports under its own timm name."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ref = timm.create_model("test_vit", pretrained=False)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    out = tmp_path / ("timm" if fmt == "timm" else "m.onnx")
+    code, stdout, _ = run_cli(capsys, f"timm:test_vit:{tmp_path / 'w.safetensors'}", "--format", fmt, str(out))
+    assert code == 0 and json.loads(stdout)["max_abs_diff"] < (1e-5 if fmt == "timm" else 1e-3)
+    if fmt == "timm":
+        config = json.loads((out / "config.json").read_text())
+        assert config["architecture"] == "test_vit" and not config["rasa"]
