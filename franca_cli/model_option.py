@@ -8,6 +8,7 @@ DINOv2 / Franca / DINOv3 checkpoints in their original key layout; ``timm:<model
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,5 +30,6 @@ def load_from_args(args: argparse.Namespace, expected: ModelConfig | None = None
     """The backbone ``--model`` names (remote files are copied to a temporary folder, removed after loading)."""
     from tasks.common.model_io import load_model
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout carries the JSON summary
     with tempfile.TemporaryDirectory(prefix="franca-model-") as tmp:
         return load_model(args.model, Path(tmp), num_heads=args.num_heads, expected=expected)
