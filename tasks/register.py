@@ -33,6 +33,9 @@ from tasks.common.tracking import TAG
 
 # Which outputs of the upstream stages make up the registered model (logical names in StageResult.files).
 MODEL_FILES = {"model": ("backbone", "model", "weights"), "rasa": ("rasa",)}
+USAGE = ("MLflow pyfunc: mlflow.pyfunc.load_model(uri).predict(images) with float32 (N, 3, H, W) ImageNet-normalised "
+         "images returns {'cls': (N, D), 'patch': (N, HW/p^2, D)}, RASA on the patch tokens; params={'dim': d} keeps "
+         "the first d dimensions. Lineage: tags franca.*, lineage.svg on the run.")
 
 
 def model_files(inputs: Mapping[str, StageResult]) -> dict[str, str]:
@@ -98,7 +101,8 @@ def register(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
         except MlflowException as e:  # another flow run registered its first version in between
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-    version = c.create_model_version(name, source=f"runs:/{ws.run_id}/model", run_id=ws.run_id, tags=tags)
+    version = c.create_model_version(name, source=f"runs:/{ws.run_id}/model", run_id=ws.run_id, tags=tags,
+                                     description=USAGE)
     c.set_registered_model_alias(name, cfg.tracking.alias, version.version)
     mlflow.set_tags({f"{TAG}registered_model": name, f"{TAG}model_version": version.version})
     root = Node("register", tags[f"{TAG}model_digest"], ws.run_id)

@@ -163,7 +163,9 @@ def test_register__version_keeps_lineage_tags_and_a_second_call_is_a_checked_hit
 
     c, result, up = registered["client"], registered["result"], registered["upstream"]
     name, version = result.stats["name"], str(result.stats["version"])
-    tags = c.get_model_version(name, version).tags
+    mv = c.get_model_version(name, version)
+    tags = mv.tags
+    assert "pyfunc" in mv.description and "dim" in mv.description
     assert {tags[f"franca.run.{s}"] for s in ("highres", "rasa", "evaluate", "dedup")} == {
         up[s].run_id for s in ("highres", "rasa", "evaluate", "dedup")}
     assert tags["franca.dataset_digest"] == up["dedup"].digest and tags["franca.run.register"] == result.run_id
