@@ -117,6 +117,11 @@ def test_features_eval__dinov3_checkpoint_from_webdataset_shards(files: dict[str
     feats = _features(tmp_path / "f.parquet")
     assert list(feats["key"]) == [f"{s:06d}/s{s}i{i}" for s in range(2) for i in range(3)]
     assert np.isfinite(feats["cls"]).all() and feats["cls"].shape == (6, 64)
+    # an image Parquet (the ../shared/data layout): keys are row numbers
+    assert main(["features", str(files["test"]), *model, "--out", str(tmp_path / "p.parquet"), "--no-progress",
+                 "--limit", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 5
+    assert list(_features(tmp_path / "p.parquet")["key"]) == ["0", "1", "2", "3", "4"]
     # a DINOv3 backbone (timm Eva) through the evaluation suite, with its random-init baseline
     assert main(["eval", *model, "--data", f"toy-train={files['train']}", "--data", f"toy-test={files['test']}",
                  "--out", str(tmp_path / "eval"), "--tasks", "knn", "eval.baseline=true"]) == 0
