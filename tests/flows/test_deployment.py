@@ -95,6 +95,30 @@ def test_deployment_run__one_parent_one_child_per_stage_and_a_candidate_model(li
     assert {"model/franca_model.json"} <= {a.path for a in c.list_artifacts(version.run_id, "model")}
 
 
+def test_training_telemetry__live_metrics_monitors_loss_curve_and_the_training_view(live: Stack, first: str) -> None:
+    """The training stages' own runs (the resume test's, or ``first``'s when run alone) carry per-step metrics logged
+    while they trained, the collapse monitors, system metrics and a loss PNG; the experiment opens in the UI's
+    model-training view."""
+    c = live.mlflow()
+    exp = c.get_experiment_by_name("franca")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    for stage in ("pretrain", "highres"):
+        runs = [r for r in c.search_runs([exp.experiment_id], f"tags.`franca.stage` = '{stage}' and "
+                                         "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+                if "franca.cached_from" not in r.data.tags]
+        run = runs[0]
+        keys = ("train/loss", "train/dino", "train/images_per_s", "train/lr", "train/teacher_temp", "train/eta_s",
+                "monitor/rankme", "monitor/knn_view_top1")
+        history = {k: c.get_metric_history(run.info.run_id, k) for k in keys}
+        assert all(len(h) > 1 for h in history.values()), (stage, {k: len(h) for k, h in history.items()})
+        loss = sorted(history["train/loss"], key=lambda m: m.step)
+        assert loss[-1].step == run.data.metrics["steps"] and loss[0].timestamp < loss[-1].timestamp, stage  # live
+        assert all(1.0 <= m.value <= run.data.metrics["monitor/rankme_max"] for m in history["monitor/rankme"])
+        assert all(0.0 <= m.value <= 1.0 for m in history["monitor/knn_view_top1"])
+        assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+        assert "loss_curve.png" in {a.path for a in c.list_artifacts(run.info.run_id)}, stage
+
+
 def test_changing_only_an_eval_setting__reruns_only_evaluate_and_register(live: Stack, first: str) -> None:
     flow_run_id = live.run_pipeline([*TINY, "eval.knn_k=[5]"])
     assert live.flow_run(flow_run_id).state.is_completed(), live.logs(flow_run_id)
