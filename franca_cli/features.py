@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from franca_cli.model_option import add_model_options, load_from_args
@@ -33,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patches", action="store_true", help="also write every patch token (float16)")
     p.add_argument("--no-rasa", action="store_true", help="ignore a RASA matrix stored with the model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="threads decoding and resizing images (0: in the main thread)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 loaded.model_cfg.patch_size, args.batch_size, args.patches,
                 metadata={"model": loaded.source, "layout": loaded.layout,
                           "rasa": str(loaded.rasa_matrix is not None and not args.no_rasa).lower()},
-                progress=bar.update if bar is not None else None)
+                progress=bar.update if bar is not None else None, workers=max(0, args.workers))
         finally:
             if bar is not None:
                 bar.close()

@@ -5,7 +5,8 @@ of the patch size), normalised as in training, and passed through the backbone's
 Columns: ``key`` (string), ``cls`` and ``patch_mean`` (fixed-size lists of D float32; patch tokens after RASA when
 the model carries it), and with ``keep_patches`` ``patch`` (h * w * D float16, raster order, row-major (h, w, D)).
 The schema metadata names the model, D, the grid and the resolution. The file is written batch by batch (constant
-memory) to a temporary name and renamed at the end.
+memory) to a temporary name and renamed at the end. With ``workers`` > 0 each batch's images are decoded and resized
+by that many threads (PIL and torchvision release the GIL there), in source order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,18 +37,29 @@ def square_transform(side: int) -> v2.Transform:
                        v2.CenterCrop(side), normalize()])
 
 
-def _batches(images: Iterable[tuple[str, bytes]], size: int, transform: v2.Transform
+def _batches(images: Iterable[tuple[str, bytes]], size: int, transform: v2.Transform, workers: int = 0
              ) -> Iterator[tuple[list[str], torch.Tensor]]:
-    keys: list[str] = []
-    tensors: list[torch.Tensor] = []
-    for key, blob in images:
-        keys.append(key)
-        tensors.append(transform(decode_image(blob, key)))
-        if len(keys) == size:
-            yield keys, torch.stack(tensors)
-            keys, tensors = [], []
-    if keys:
-        yield keys, torch.stack(tensors)
+    def prepare(item: tuple[str, bytes]) -> torch.Tensor:
+        return transform(decode_image(item[1], item[0]))
+
+    source = iter(images)
+    with ThreadPoolExecutor(max_workers=workers) if workers > 0 else _NoPool() as pool:
+        while chunk := list(islice(source, size)):
+            yield [key for key, _ in chunk], torch.stack(list(pool.map(prepare, chunk)))
+
+
+class _NoPool:
+    """``ThreadPoolExecutor``'s ``map`` in the calling thread."""
+
+    def __enter__(self) -> _NoPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable[[tuple[str, bytes]], torch.Tensor], items: list[tuple[str, bytes]]
+            ) -> Iterator[torch.Tensor]:
+        return map(fn, items)
 
 
 def _fixed(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
@@ -56,7 +70,7 @@ def _fixed(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
 def write_feature_table(model: nn.Module, images: Iterable[tuple[str, bytes]], out: str | Path, resolution: int,
                         patch_size: int, batch_size: int = 64, keep_patches: bool = False,
                         metadata: dict[str, str] | None = None,
-                        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                        progress: Callable[[int], None] | None = None, workers: int = 0) -> dict[str, Any]:
     """Extract and write (see the module docstring); ``progress(n)`` after each batch of n images.
 
     Returns:
@@ -79,7 +93,7 @@ def write_feature_table(model: nn.Module, images: Iterable[tuple[str, bytes]], o
     n, dim, start = 0, 0, time.perf_counter()
     grid = (side // patch_size, side // patch_size)
     try:
-        for keys, batch in _batches(images, batch_size, square_transform(side)):
+        for keys, batch in _batches(images, batch_size, square_transform(side), workers):
             feats = forward(batch.to(device))
             cls, patch = feats["cls"].float().cpu(), feats["patch"].float().cpu()
             dim = int(cls.shape[-1])

@@ -111,7 +111,7 @@ def test_features_eval__dinov3_checkpoint_from_webdataset_shards(files: dict[str
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     model = ["--model", str(files["dinov3"]), "--num-heads", "2"]
     assert main(["features", str(files["shards"]), *model, "--out", str(tmp_path / "f.parquet"),
-                 "--resolution", "48", "--no-progress"]) == 0
+                 "--resolution", "48", "--no-progress", "--workers", "0"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 6 and summary["grid"] == [3, 3]
     feats = _features(tmp_path / "f.parquet")
