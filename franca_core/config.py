@@ -268,6 +268,7 @@ class TrainConfig(_Section):
     # recompute the student's block activations in the backward pass (timm's set_grad_checkpointing): more compute,
     # far less activation memory (ViT-L/g on one GPU); same losses and gradients
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the student's and teacher's forward passes (operational: same losses)
     dist_timeout_s: int = Field(1800, gt=0)  # torch.distributed collectives (Ray TorchConfig): a stuck rank fails
     # weights to start from (local or s3:// file of any layout franca_core.models.io.load_model_spec reads:
     # this project's, DINOv2, Franca, DINOv3); part of the stage keys by content
@@ -342,6 +343,11 @@ class EvalConfig(_Section):
     seed: int = 0
     baseline: bool = True  # also evaluate the same architecture at random init (seeded by seed), shown beside
     cache_dir: str | None = None  # feature cache; None: <out>/cache
+    # where RASA fitting and evaluation run their backbone passes (franca_core.eval.device; bf16 autocast on a
+    # GPU with native bf16): auto = CUDA where visible, else CPU. Operational, as is num_gpus: GPUs of a Ray task
+    # the rasa and evaluate stages run in (0: in the stage's own process)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_gpus: float = Field(0, ge=0)
 
 
 class TrackingConfig(_Section):

@@ -4,7 +4,9 @@ Sets: ``eval.datasets`` (named ``<group>-<split>``; each enters the stage's key 
 labelled + segmented images of the corpus's style (``data.synthetic.style``). The RASA matrix comes from the rasa
 output. With ``eval.baseline`` the same architecture at random init (seeded by ``eval.seed``) is evaluated beside
 (``baseline.<metric>`` in the summary). Output ``<root>/evaluate/<key>/``: ``report.json``, ``report.md`` and the PNG
-plots; ``stats["summary"]`` holds the headline figures (MLflow-safe keys) the flow puts on its parent run.
+plots; ``stats["summary"]`` holds the headline figures (MLflow-safe keys) the flow puts on its parent run. The
+backbone passes run on ``eval.device`` (CUDA where visible; bf16 where native), in a Ray task with ``eval.num_gpus``
+GPUs when that is set; the stats give the device, the precision and ``features_per_s``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from franca_core.config import PipelineConfig
+import torch
+from torch import nn
+
+from franca_core.config import EvalConfig, PipelineConfig, RasaConfig
+from franca_core.eval.data import EvalSet
+from franca_core.eval.device import resolve_device
 from franca_core.eval.evaluate import evaluate_backbone, open_sets, synthetic_sets
 from tasks.common.contract import stage
 from tasks.common.model_io import init_provenance, load_stage_model, rasa_matrix_of
+from tasks.common.ray_gpu import run_with_gpus
 from tasks.common.store import StageResult, Workspace
 
 
@@ -68,10 +76,24 @@ def _log_mlflow(summary: dict[str, float], folder: Path) -> None:
     mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
 
+def evaluate_on_device(backbone: nn.Module, sets: dict[str, EvalSet], eval_cfg: EvalConfig, rasa_cfg: RasaConfig,
+                       n_levels: int, matrix: torch.Tensor | None,
+                       baseline: nn.Module | None) -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
+    """``evaluate_backbone`` with the backbone (and baseline) on ``eval.device``; the report and its files as
+    ``{logical name: (file name, bytes)}``, so a Ray GPU task (``eval.num_gpus``) can hand them back."""
+    backbone.to(resolve_device(eval_cfg.device))
+    with tempfile.TemporaryDirectory() as tmp:
+        if not eval_cfg.cache_dir:
+            eval_cfg = eval_cfg.model_copy(update={"cache_dir": str(Path(tmp) / "cache")})
+        report, files, _ = evaluate_backbone(backbone, sets, eval_cfg, rasa_cfg, Path(tmp) / "report", n_levels,
+                                             matrix, baseline=baseline)
+        return report, {key: (path.name, path.read_bytes()) for key, path in files.items()}
+
+
 @stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images",
                           "data.synthetic.style", "train.init_from"),
        files=("eval.datasets", "eval.depth", "train.init_from"), inputs=("model", "rasa"),
-       operational=("eval.cache_dir",))
+       operational=("eval.cache_dir", "eval.device", "eval.num_gpus"))
 def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: StageResult) -> StageResult:
     """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,10 +104,13 @@ def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
         sets = (open_sets(cfg.eval.datasets, patch, cfg.eval) if cfg.eval.datasets
                 else synthetic_sets(patch, n_images=min(200, cfg.data.synthetic.n_images),
                                     size=cfg.train.model.img_size, style=cfg.data.synthetic.style))
-        eval_cfg = cfg.eval.model_copy(update={"cache_dir": cfg.eval.cache_dir or str(local / "cache")})
         baseline = loaded.random_init(cfg.eval.seed) if cfg.eval.baseline else None
-        report, files, _ = evaluate_backbone(loaded.network, sets, eval_cfg, cfg.rasa, local / "report",
-                                             cfg.train.heads.n_levels, matrix, baseline=baseline)
+        report, contents = run_with_gpus(evaluate_on_device, cfg.eval.num_gpus, loaded.network, sets, cfg.eval,
+                                         cfg.rasa, cfg.train.heads.n_levels, matrix, baseline)
+        (local / "report").mkdir()
+        files = {key: local / "report" / name for key, (name, _) in contents.items()}
+        for key, (_, data) in contents.items():
+            files[key].write_bytes(data)
         summary = headline(report)
         _log_mlflow(summary, local / "report")
         with ws.writing() as out:
@@ -93,6 +118,7 @@ def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
                 ws.fs.put(str(path), f"{out}/{path.name}")
         out_digest = hashlib.sha256(files["json"].read_bytes()).hexdigest()
     stats = {"summary": summary, "timing": {k: v for k, v in report["timing"].items() if v is not None},
-             "skipped": report["skipped"]}
+             "skipped": report["skipped"], **report["device"],
+             "features_per_s": report["timing"].get("features_per_s")}
     stats |= init_provenance(cfg.train.init_from)  # the weights training started from, if any
     return ws.result(out_digest, {k: p.name for k, p in files.items()}, stats)

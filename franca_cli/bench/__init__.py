@@ -5,6 +5,7 @@
     franca bench step --profile tiny          # the full Franca step vs the unavoidable backbone work
     franca bench train                        # Ray Train images/s with 1 and 2 workers, the loader alone
     franca bench loader --profile vitb14      # loader images/s per core: decode, multi-crop, CyclicMask
+    franca bench gpu                          # the GPU check: step images/s, MFU, memory, eval features/s
     franca bench quality --minutes 60         # k-NN of a wall-budget pretraining vs random init
     franca bench eval                         # the evaluation suite end to end on a tiny pretrained model
     franca bench ablation                     # pretraining variants at equal compute, k-NN with standard errors
@@ -33,6 +34,7 @@ BENCHMARKS: tuple[str, ...] = (
     "step",
     "train",
     "loader",
+    "gpu",
     "quality",
     "eval",
     "ablation",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from franca_core.eval.device import inference_autocast, module_device
 from franca_core.eval.features import ForwardMasked
 
 PCK_ALPHAS = (0.05, 0.1)
@@ -109,8 +110,13 @@ def correspondence_errors(backbone: nn.Module, images: torch.Tensor, homographie
     """
     p = int(cast(int, backbone.patch_size))
     height, width = images.shape[-2:]
-    forward = cast(ForwardMasked, backbone.forward_masked)
-    source, warped = forward(images)["patch"], forward(warp_images(images, homographies))["patch"]
+    forward, device = cast(ForwardMasked, backbone.forward_masked), module_device(backbone)
+
+    def patches(x: torch.Tensor) -> torch.Tensor:  # on the backbone's device; the matching runs on the CPU
+        with inference_autocast(device):
+            return forward(x.to(device))["patch"].float().cpu()
+
+    source, warped = patches(images), patches(warp_images(images, homographies))
     centres = patch_centres(height // p, width // p, p)
     true = apply_homography(homographies, centres)  # (n, N, 2)
     inside = (true >= 0).all(-1) & (true[..., 0] < width) & (true[..., 1] < height)

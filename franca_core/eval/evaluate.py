@@ -27,6 +27,7 @@ from torch import nn
 from franca_core.config import EvalConfig, ModelConfig, RasaConfig
 from franca_core.data.synthetic import SHAPES, TEXTURES, iter_images
 from franca_core.eval.data import EvalSet
+from franca_core.eval.device import inference_precision, module_device
 from franca_core.eval.position_probe import fit_rasa_on
 from franca_core.eval.report import write_report
 from franca_core.eval.suite import EvalSuite
@@ -133,9 +134,12 @@ def evaluate_backbone(backbone: nn.Module, sets: dict[str, EvalSet], cfg: EvalCo
     cache_dir = cfg.cache_dir or str(Path(out_dir) / "cache")
     report, suite, fitted = _run_suite(backbone, sets, cfg, rasa_cfg, cache_dir, n_levels, rasa_matrix, fit_rasa_set,
                                        log)
+    device = module_device(backbone)
+    report["device"] = {"device": str(device), "precision": inference_precision(device)}
     retained = matryoshka_retained(report["results"])
     if baseline is not None:
         t0 = time.perf_counter()
+        baseline.to(module_device(backbone))  # evaluated where the model is
         base, _, base_fit = _run_suite(baseline, sets, cfg, rasa_cfg, cache_dir, n_levels, None, fit_rasa_set,
                                        lambda s: log(f"random init: {s}"))
         report["baseline"] = base["results"]

@@ -1,4 +1,8 @@
-"""Frozen feature extraction: CLS and mean-pooled patch tokens of a backbone over a dataset."""
+"""Frozen feature extraction: CLS and mean-pooled patch tokens of a backbone over a dataset.
+
+Batches go to the backbone's device and run under ``inference_autocast`` there (bf16 on a CUDA GPU that has it);
+features come back to the CPU (the protocols' side) as float32 (patch tokens float16).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import cast
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from franca_core.eval.device import inference_autocast, module_device
 
 # ``backbone.forward_masked``: any module with that method (FrancaViT, RasaBackbone); nn.Module's __getattr__ types
 # such attributes as ``Tensor | Module``, so call sites cast to this.
@@ -21,11 +27,12 @@ def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int = 25
     was_training = backbone.training
     backbone.eval()
     cls, patch_mean, labels = [], [], []
-    device = _device(backbone)
+    device = module_device(backbone)
     for images, y in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        out = cast(ForwardMasked, backbone.forward_masked)(images.to(device, non_blocking=True))
-        cls.append(out["cls"].cpu())
-        patch_mean.append(out["patch"].mean(dim=1).cpu())
+        with inference_autocast(device):
+            out = cast(ForwardMasked, backbone.forward_masked)(images.to(device, non_blocking=True))
+        cls.append(out["cls"].float().cpu())
+        patch_mean.append(out["patch"].float().mean(dim=1).cpu())
         labels.append(torch.as_tensor(y))
     backbone.train(was_training)
     return {"cls": torch.cat(cls), "patch_mean": torch.cat(patch_mean), "labels": torch.cat(labels)}
@@ -43,10 +50,12 @@ def extract_eval_features(backbone: nn.Module, dataset: Dataset, batch_size: int
     """
     was_training = backbone.training
     backbone.eval()
-    patch_size, device = int(cast(int, backbone.patch_size)), _device(backbone)
+    patch_size, device = int(cast(int, backbone.patch_size)), module_device(backbone)
     out: dict[str, list[torch.Tensor]] = {"cls": [], "patch_mean": [], "labels": [], "patch": [], "masks": []}
-    for images, labels, masks in DataLoader(dataset, batch_size=batch_size):
-        feats = {k: v.cpu() for k, v in cast(ForwardMasked, backbone.forward_masked)(images.to(device)).items()}
+    for images, labels, masks in DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda"):
+        with inference_autocast(device):
+            forward = cast(ForwardMasked, backbone.forward_masked)(images.to(device, non_blocking=True))
+        feats = {k: v.float().cpu() for k, v in forward.items()}
         patch = feats["patch"]
         out["cls"].append(feats["cls"].float())
         out["patch_mean"].append(patch.mean(dim=1).float())
@@ -58,8 +67,3 @@ def extract_eval_features(backbone: nn.Module, dataset: Dataset, batch_size: int
             out["masks"].append(masks.long())
     backbone.train(was_training)
     return {k: torch.cat(v) for k, v in out.items() if v}
-
-
-def _device(backbone: nn.Module) -> torch.device:
-    """Where the backbone's weights are: batches go there, features come back to the CPU (the protocols' side)."""
-    return next(backbone.parameters()).device

@@ -3,7 +3,8 @@
 Reference: ``valeoai/Franca: rasa/src/rasa.py`` (tokens = last-layer patch tokens after the final norm of the
 frozen backbone; flips and rotations as augmentation). The tokens of ``views`` augmented copies of every image are
 computed once (the backbone pass is the expensive part; the regressors are cheap), then split by IMAGE into a
-fitting part and a held-out part, so the reported MSE is measured on images no regressor saw.
+fitting part and a held-out part, so the reported MSE is measured on images no regressor saw. The backbone passes
+run on the backbone's device (``franca_core.eval.device``); tokens and regressors stay on the CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from franca_core.config import RasaConfig
 from franca_core.eval.data import EvalSet
+from franca_core.eval.device import inference_autocast, module_device
 from franca_core.eval.features import ForwardMasked
 from franca_core.rasa import RasaResult, dihedral, dihedral_choices, fit_rasa, position_probe
 
@@ -30,17 +32,19 @@ def augmented_tokens(backbone: nn.Module, evalset: EvalSet, views: int, batch_si
     data = Subset(evalset, range(min(limit, len(evalset)))) if limit is not None else evalset
     choices = dihedral_choices(h, w)
     gen = torch.Generator().manual_seed(seed)
+    device = module_device(backbone)
     was_training = backbone.training
     backbone.eval()
     chunks = []
-    for images, _, _ in DataLoader(data, batch_size=batch_size):
+    for images, _, _ in DataLoader(data, batch_size=batch_size, pin_memory=device.type == "cuda"):
         per_view = []
         for v in range(views):
             ks = [0] * len(images) if v == 0 else [choices[int(i)] for i in
                                                     torch.randint(len(choices), (len(images),), generator=gen)]
-            batch = torch.stack([dihedral(img, k) for img, k in zip(images, ks)])
-            patch = cast(ForwardMasked, backbone.forward_masked)(batch)["patch"]
-            per_view.append(patch.reshape(len(images), h, w, -1).half())
+            batch = torch.stack([dihedral(img, k) for img, k in zip(images, ks)]).to(device, non_blocking=True)
+            with inference_autocast(device):
+                patch = cast(ForwardMasked, backbone.forward_masked)(batch)["patch"]
+            per_view.append(patch.float().reshape(len(images), h, w, -1).half().cpu())
         chunks.append(torch.stack(per_view, dim=1))
     backbone.train(was_training)
     return torch.cat(chunks)
@@ -59,7 +63,12 @@ def fit_rasa_on(backbone: nn.Module, evalset: EvalSet, cfg: RasaConfig, batch_si
                 seed: int = 0) -> RasaResult:
     """Fit RASA on (at most ``cfg.max_images`` of) an image set: all augmented views of the fitting images,
     identity views of the held-out ones; the rounds compose as ``cfg.composition`` (``franca_core.rasa``)."""
-    tokens = augmented_tokens(backbone, evalset, cfg.views, batch_size, seed, limit=cfg.max_images)
+    return fit_rasa_tokens(augmented_tokens(backbone, evalset, cfg.views, batch_size, seed, limit=cfg.max_images),
+                           cfg, seed)
+
+
+def fit_rasa_tokens(tokens: torch.Tensor, cfg: RasaConfig, seed: int = 0) -> RasaResult:
+    """``fit_rasa_on``'s fit, on the (n_images, views, h, w, D) tokens of ``augmented_tokens``."""
     fit_idx, test_idx = split_images(len(tokens), cfg.holdout, seed)
     train = tokens[torch.from_numpy(fit_idx)].flatten(0, 1)  # (n_fit * views, h, w, D)
     test = tokens[torch.from_numpy(test_idx), 0]

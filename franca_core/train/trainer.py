@@ -48,6 +48,10 @@ class FrancaTrainer:
         self.cfg = cfg
         self.student_core, self.teacher = build_student_teacher(cfg)
         self.student: nn.Module = wrap(self.student_core) if wrap is not None else self.student_core
+        # train.compile: the forward passes through torch.compile'd wrappers; the modules themselves (state dicts,
+        # EMA, checkpoints) stay as they are. Compiled lazily at the first step, once per crop shape and mask use.
+        self._student_forward: Callable[..., Outputs] = torch.compile(self.student) if cfg.compile else self.student
+        self._teacher_forward: Callable[..., Outputs] = torch.compile(self.teacher) if cfg.compile else self.teacher
         self.optimizer = build_optimizer(self.student_core, cfg.optim)
         self.schedules = Schedules(cfg.optim, cfg.loss, global_batch=cfg.optim.batch_size * world_size)
         self.step = 0
@@ -75,7 +79,7 @@ class FrancaTrainer:
         (``train.loss.teacher_targets``)."""
         empty = batch["local_crops"][:0]
         with self.autocast():
-            out = _float(self.teacher(batch["global_crops"], empty, batch["masks"], mask_input=False))
+            out = _float(self._teacher_forward(batch["global_crops"], empty, batch["masks"], mask_input=False))
         iters, centering = self.cfg.loss.sinkhorn_iters, self.centering
         targets: dict[str, list[torch.Tensor]] = {}
         for kind, key in (("dino", "dino_global"), ("ibot", "ibot")):
@@ -88,7 +92,7 @@ class FrancaTrainer:
     def student_outputs(self, batch: Batch) -> Outputs:
         """Student logits on masked global crops and local crops (through the DDP wrapper, if any)."""
         with self.autocast():
-            return _float(self.student(batch["global_crops"], batch["local_crops"], batch["masks"]))
+            return _float(self._student_forward(batch["global_crops"], batch["local_crops"], batch["masks"]))
 
     @property
     def precision(self) -> Precision:

@@ -15,8 +15,8 @@ def test_register__one_subcommand_per_benchmark_module(capsys: pytest.CaptureFix
         main(["bench", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert {"select", "download", "dedup", "step", "train", "loader", "quality", "eval", "ablation", "pipeline",
-            "cache"} <= set(BENCHMARKS)
+    assert {"select", "download", "dedup", "step", "train", "loader", "gpu", "quality", "eval", "ablation",
+            "pipeline", "cache"} <= set(BENCHMARKS)
     for name in BENCHMARKS:
         assert f"    {name} " in out, f"`franca bench --help` does not list {name}"
 
