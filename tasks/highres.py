@@ -41,7 +41,7 @@ from tasks.common.store import StageResult, Workspace
 # pretraining's only (high-res starts from the model it adapts).
 RUN_FIELDS = ("num_workers", "use_gpu", "precision", "cpus_per_worker", "loader_workers", "checkpoint_every",
               "checkpoint_every_minutes", "keep_checkpoints", "max_failures", "log_every", "fail_once_at_step",
-              "grad_checkpointing", "dist_timeout_s", "monitor")
+              "grad_checkpointing", "dist_timeout_s", "monitor", "compile")
 
 
 def base_train_config(cfg: PipelineConfig, stored: dict[str, Any] | None) -> TrainConfig:

@@ -29,7 +29,8 @@ from tasks.common.train_loop import STATE_FILE, train_loop_per_worker
 
 # Fields that change how a run is operated, not what it computes: they stay out of the key (and run name).
 OPERATIONAL_FIELDS = ("train.log_every", "train.max_failures", "train.fail_once_at_step", "train.keep_checkpoints",
-                      "train.cpus_per_worker", "train.grad_checkpointing", "train.dist_timeout_s", "train.monitor")
+                      "train.cpus_per_worker", "train.grad_checkpointing", "train.dist_timeout_s", "train.monitor",
+                      "train.compile")
 
 
 def ray_storage(store: StageStore, path: str) -> tuple[str, pyarrow.fs.FileSystem | None]:

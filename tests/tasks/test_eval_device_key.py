@@ -1,5 +1,6 @@
-"""``eval.device`` and ``eval.num_gpus`` say where the rasa and evaluate stages run, not what they compute: they stay
-out of the stages' keys (issue 19); a field that does change the output still changes them."""
+"""``eval.device`` and ``eval.num_gpus`` say where the rasa and evaluate stages run, not what they compute, as
+``train.compile`` says how pretraining runs: they stay out of the stages' keys (issue 19); a field that does change
+the output still changes them."""
 
 from __future__ import annotations
 
@@ -18,3 +19,10 @@ def test_key__eval_device_and_gpus_are_operational_for_rasa_and_evaluate() -> No
         moved = load_config("tiny", ["eval.device=cuda", "eval.num_gpus=1"])
         assert stage.key(moved, inputs).digest == key, name
         assert stage.key(load_config("tiny", ["eval.seed=7"]), inputs).digest != key, name
+
+
+def test_key__train_compile_is_operational_for_pretrain() -> None:
+    pretrain = load_stage("pretrain")
+    key = pretrain.key(load_config("tiny"), {"dataset": OTHER}).digest
+    assert pretrain.key(load_config("tiny", ["train.compile=true"]), {"dataset": OTHER}).digest == key
+    assert pretrain.key(load_config("tiny", ["train.seed=3"]), {"dataset": OTHER}).digest != key
