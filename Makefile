@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Packages mypy checks (franca_core: disallow_untyped_defs, see [tool.mypy] in pyproject.toml).
 MYPY_PATHS ?= franca_core tasks
 
-.PHONY: install demo test test-fast lint bench clean postgres
+.PHONY: install demo test test-fast lint bench clean postgres chromium
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,8 +38,18 @@ postgres:
 	echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/franca-no-main-cluster.conf && \
 	export DEBIAN_FRONTEND=noninteractive && { $(PG_INSTALL) || { apt-get update -q && $(PG_INSTALL); }; }
 
+# Chromium from Debian's packages, for the browser check of the MLflow UI in tests/flows/test_deployment.py (run with
+# infra/offline.py's flags: no request leaves loopback): installed when missing, as root; otherwise that test skips.
+CHROMIUM_INSTALL ?= apt-get install -y -q --no-install-recommends chromium
+chromium:
+	@if command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make chromium: no Chromium and no root apt-get here; the MLflow UI browser test will skip"; \
+	  exit 0; fi; \
+	export DEBIAN_FRONTEND=noninteractive && { $(CHROMIUM_INSTALL) || { apt-get update -q && $(CHROMIUM_INSTALL); }; }
+
 # ruff and mypy run first; either one failing fails the target before pytest starts.
-test: lint postgres
+test: lint postgres chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: lint

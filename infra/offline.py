@@ -8,6 +8,8 @@ address 127.0.0.1 to the host's routable one and binds its servers to all interf
 the test configuration before any import, ``franca stack`` in every service's environment. ``LOOPBACK_ENV`` is for
 one machine only: a cluster's nodes keep their own settings (``infra/README.md``, "Listeners").
 
+``CHROMIUM_FLAGS`` and ``chromium_command`` do the same for the headless Chromium that checks the MLflow UI.
+
 ``bind_rendezvous_to_master_addr`` (a Ray worker setup hook calls it) makes torch.distributed's TCPStore listen on
 ``MASTER_ADDR`` only; torch binds it to every interface and has no setting for that.
 """
@@ -18,6 +20,7 @@ import contextlib
 import importlib
 import ipaddress
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -47,6 +50,21 @@ LOOPBACK_ENV: dict[str, str] = {
 # Ray's dashboard probes cloud metadata endpoints unless $HOME of the Ray processes holds this file.
 RAY_BOOTSTRAP = "provider: {type: local}\n"
 
+# Headless Chromium (infra/browser.py, the MLflow UI check): its background services off (sign-in, sync, component
+# and extension updates, network time, autofill, safe browsing, metrics, crash reports). Those flags leave some
+# requests (accounts, checkin, time), so every request to another host also goes to a proxy that refuses (a refused
+# loopback port; Chromium never proxies loopback) and no host name resolves but the loopback ones: no DNS query leaves.
+CHROMIUM_FLAGS: tuple[str, ...] = (
+    "--headless=new", "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-domain-reliability",
+    "--disable-extensions", "--disable-breakpad", "--disable-client-side-phishing-detection", "--no-pings",
+    "--metrics-recording-only", "--disable-features=NetworkTimeServiceQuerying,AutofillServerCommunication,"
+    "OptimizationHints,MediaRouter,Translate", "--proxy-server=http://127.0.0.3:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+)
+# Debian's binary itself: its launcher /usr/bin/chromium adds Debian's Google API keys and remote extensions.
+CHROMIUM_BINARIES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
+
 
 def state_dir() -> Path:
     """The project's local state folder (pid files, logs, Ray's HOME); ``FRANCA_STATE_DIR`` overrides it."""
@@ -72,6 +90,16 @@ def apply_offline_env() -> None:
     """Set the offline and loopback variables in this process unless the user set them explicitly."""
     for key, value in offline_env().items():
         os.environ.setdefault(key, value)
+
+
+def chromium_command(user_data_dir: Path, *args: str) -> list[str]:
+    """Headless Chromium with ``CHROMIUM_FLAGS`` and a throwaway profile; ``--no-sandbox`` only as root, where its
+    sandbox refuses to start. Raises ``FileNotFoundError`` naming ``make chromium`` when none is installed."""
+    binary = next((found for name in CHROMIUM_BINARIES if (found := shutil.which(name))), None)
+    if binary is None:
+        raise FileNotFoundError(f"no Chromium ({', '.join(CHROMIUM_BINARIES)}); `make chromium` installs Debian's")
+    sandbox = ("--no-sandbox",) if os.geteuid() == 0 else ()
+    return [binary, *CHROMIUM_FLAGS, *sandbox, f"--user-data-dir={user_data_dir}", *args]
 
 
 def ray_imported_too_early() -> bool:
