@@ -20,6 +20,7 @@ frozen-feature path (``extract_eval_features``, generated JPEGs decoded in the p
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import statistics
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per round and variant")
     parser.add_argument("--max-batch", type=int, default=64, help="largest per-GPU batch probed (CPU: the batch)")
     parser.add_argument("--eval-images", type=int, default=None, help="images of the features measurement "
-                        "(default 1024 on CUDA, 32 on a CPU)")
+                        "(default 512 on CUDA, 32 on a CPU)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak for the MFU (default: by GPU name; none on a CPU)")
 
@@ -108,8 +109,10 @@ def fitting_trainer(cfg: TrainConfig, device: torch.device, max_batch: int,
             return trainer, batch, sized
         except torch.cuda.OutOfMemoryError:
             log(f"batch {b}: out of memory, trying a smaller one")
-            del trainer, batch
-            torch.cuda.empty_cache()
+        # outside the except block: its traceback no longer holds the failed step's tensors
+        trainer = batch = None
+        gc.collect()
+        torch.cuda.empty_cache()
     raise RuntimeError(f"not even a batch of {sizes[-1]} fits on {device}")
 
 
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     step_ips, backbone_ips = b / times["step"], b / times["backbone"]
     peak, peak_source = peak_tflops(device, args.peak_tflops)
     achieved = flops / times["step"] / 1e12
-    n_eval = args.eval_images or (1024 if device.type == "cuda" else 32)
+    n_eval = args.eval_images or (512 if device.type == "cuda" else 32)
     _log(f"evaluation features of {n_eval} images")
     feats = features_per_s(trainer, n_eval, device)
     crops = cfg.crops
