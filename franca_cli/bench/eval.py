@@ -30,6 +30,7 @@ from franca_cli.options import add_config_options
 from franca_core.checkpoint import load_checkpoint
 from franca_core.config import PipelineConfig, config_digest, load_config
 from franca_core.data.datasets import ParquetImageDataset
+from franca_core.eval.device import resolve_device
 from franca_core.eval.evaluate import evaluate_backbone, open_sets, random_init
 from franca_core.models.io import load_backbone
 from franca_core.train.driver import StepBudget, pretrain
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         ckpt, pretraining = pretrained(cfg, data, work, args.pretrain_steps, args.pretrain_batch, args.pretrain_minutes)
     loaded = load_backbone(ckpt)
+    loaded.backbone.to(resolve_device(cfg.eval.device))  # eval.device: CUDA where visible (the baseline follows)
     sets = open_sets({s: str(data / f"{s}.parquet") for s in SETS}, loaded.model_cfg.patch_size, cfg.eval)
     with tempfile.TemporaryDirectory() as cache:
         eval_cfg = cfg.eval.model_copy(update={"cache_dir": cache})
