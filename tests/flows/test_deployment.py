@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +151,69 @@ def test_lineage__reaches_the_url_list_and_verify_fails_after_an_artifact_change
     subset.write_bytes(subset.read_bytes() + b"tampered")
     code, text = lineage("--verify")
     assert code == 1 and "CHANGED   select/subset" in text, text
+
+
+# The MLflow UI's own controls, as a user clicks them (cosmetic: what the screenshots show).
+UI_MODEL_TRAINING = """(() => { const t = [...document.querySelectorAll('div[role=button]')]
+  .find(d => d.innerText.trim() === 'Model training'); if (t) t.click(); return Boolean(t); })()"""
+UI_CLOSE_ASSISTANT = "document.querySelector('[data-component-id=\"mlflow.assistant.chat_panel.close\"]')?.click()"
+# The run page's train/loss chart: typed into the page's "Search metric charts" box (the UI draws a chart only once
+# it scrolls into view, and the train section holds two dozen); then the most vertices of a line plotted in that
+# chart's card (plotly drops collinear ones; a single logged point draws no line), 0 until there are two.
+UI_LOSS_LINE = """(() => {
+  const title = [...document.querySelectorAll('h4[title]')].find(h => h.title === 'train/loss');
+  if (!title) {
+    const search = document.querySelector('input[placeholder="Search metric charts"]');
+    if (search && search.value !== 'train/loss') {
+      Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(search, 'train/loss');
+      search.dispatchEvent(new Event('input', {bubbles: true}));
+    }
+    return 0;
+  }
+  let card = title;
+  while (card.parentElement && !card.querySelector('path.js-line')
+         && card.parentElement.querySelectorAll('h4[title]').length === 1) card = card.parentElement;
+  const lines = [...card.querySelectorAll('path.js-line')];
+  const most = Math.max(0, ...lines.map(p => (p.getAttribute('d').match(/[ML]/g) || []).length));
+  return most > 1 ? most : 0;
+})()"""
+
+
+def test_mlflow_ui__in_chromium_shows_the_lineage_tags_and_the_pretrain_loss_history(live: Stack, first: str,
+                                                                                      tmp_path: Path) -> None:
+    """What a user sees in the MLflow UI, in a real browser (headless Chromium, ``make chromium``): the candidate
+    version's page lists its lineage tags, and the run that pretrained it (followed through the lineage) draws its
+    train/loss history as a line. ``FRANCA_UI_SCREENSHOTS=DIR`` keeps the screenshots (the README's come from here).
+    """
+    from infra.browser import Browser
+    from infra.offline import CHROMIUM_BINARIES
+    from tasks.common import lineage
+
+    if not any(shutil.which(b) for b in CHROMIUM_BINARIES):
+        pytest.skip("no Chromium: `make chromium` installs Debian's (make test does)")
+    c = live.mlflow()
+    version = c.get_model_version_by_alias("franca-tiny", "candidate")
+    tags = {k: v for k, v in version.tags.items() if k.startswith("franca.")}
+    assert {"franca.dataset_digest", "franca.model_digest", "franca.pipeline_run_id"} <= set(tags), tags
+    stages = {s["stage"]: s for s in lineage.trace(c, f"models:/franca-tiny/{version.version}")["stages"]}
+    pretrain = c.get_run(stages["pretrain"]["computed_by_run_id"])
+    assert len({m.step for m in c.get_metric_history(pretrain.info.run_id, "train/loss")}) > 1  # what the UI reads
+    shots = Path(os.environ.get("FRANCA_UI_SCREENSHOTS") or tmp_path)
+    model_page = f"{live.settings.mlflow_uri}/#/models/franca-tiny/versions/{version.version}"
+    digest = tags["franca.dataset_digest"]
+    with Browser(height=1000) as b:
+        b.open(model_page)
+        b.wait(f"document.body.innerText.includes({json.dumps(digest)})", what=f"the dataset digest {digest}")
+        b.evaluate(UI_MODEL_TRAINING)
+        b.open(model_page)
+        b.wait(f"document.body.innerText.includes({json.dumps(digest)})", what=f"the dataset digest {digest}")
+        text = b.text()
+        assert all(k in text and v in text for k, v in tags.items()), (tags, text[:3000])
+        b.evaluate(UI_CLOSE_ASSISTANT)
+        b.screenshot(shots / "mlflow-model-lineage.png")
+        b.open(f"{live.settings.mlflow_uri}/#/experiments/{pretrain.info.experiment_id}/runs/"
+               f"{pretrain.info.run_id}/model-metrics")
+        assert b.wait(UI_LOSS_LINE, what="a train/loss chart with a line through more than one point") > 1
+        b.evaluate(UI_CLOSE_ASSISTANT)
+        b.screenshot(shots / "mlflow-pretrain-loss.png")
+    assert (shots / "mlflow-model-lineage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
