@@ -217,7 +217,7 @@ class OptimConfig(_Section):
     """AdamW and every schedule (FRANCA_METHOD.md, Optimisation)."""
 
     batch_size: int = Field(32, gt=0)  # per worker; lr scales with sqrt(global batch / 1024)
-    total_steps: int = Field(625_000, gt=0)
+    total_steps: int = Field(625_000, ge=0)  # 0: no training (pretrain passes train.init_from through)
     warmup_steps: int = Field(100_000, ge=0)  # capped at total_steps by the schedule
     base_lr: float = Field(1e-3, gt=0)  # per 1024 images
     min_lr: float = Field(1e-6, ge=0)
@@ -271,7 +271,7 @@ class TrainConfig(_Section):
     compile: bool = False  # torch.compile the student's and teacher's forward passes (operational: same losses)
     dist_timeout_s: int = Field(1800, gt=0)  # torch.distributed collectives (Ray TorchConfig): a stuck rank fails
     # weights to start from (local or s3:// file of any layout franca_core.models.io.load_model_spec reads:
-    # this project's, DINOv2, Franca, DINOv3); part of the stage keys by content
+    # this project's, DINOv2, Franca, DINOv3); part of the pretrain key by content; optim.total_steps=0 passes it on
     init_from: str | None = None
     monitor: MonitorConfig = MonitorConfig()
 

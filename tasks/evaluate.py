@@ -25,7 +25,7 @@ from franca_core.eval.data import EvalSet
 from franca_core.eval.device import resolve_device
 from franca_core.eval.evaluate import evaluate_backbone, open_sets, synthetic_sets
 from tasks.common.contract import stage
-from tasks.common.model_io import init_provenance, load_stage_model, rasa_matrix_of
+from tasks.common.model_io import load_stage_model, rasa_matrix_of
 from tasks.common.ray_gpu import run_with_gpus
 from tasks.common.store import StageResult, Workspace
 
@@ -91,8 +91,8 @@ def evaluate_on_device(backbone: nn.Module, sets: dict[str, EvalSet], eval_cfg: 
 
 
 @stage("evaluate", reads=("eval", "rasa", "train.heads.n_levels", "train.model.img_size", "data.synthetic.n_images",
-                          "data.synthetic.style", "train.init_from"),
-       files=("eval.datasets", "eval.depth", "train.init_from"), inputs=("model", "rasa"),
+                          "data.synthetic.style"),
+       files=("eval.datasets", "eval.depth"), inputs=("model", "rasa"),
        operational=("eval.cache_dir", "eval.device", "eval.num_gpus"))
 def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: StageResult) -> StageResult:
     """Evaluate ``model`` (pretrain or highres output) with ``rasa``'s matrix; returns the evaluate output."""
@@ -120,5 +120,4 @@ def evaluate(cfg: PipelineConfig, ws: Workspace, model: StageResult, rasa: Stage
     stats = {"summary": summary, "timing": {k: v for k, v in report["timing"].items() if v is not None},
              "skipped": report["skipped"], **report["device"],
              "features_per_s": report["timing"].get("features_per_s")}
-    stats |= init_provenance(cfg.train.init_from)  # the weights training started from, if any
     return ws.result(out_digest, {k: p.name for k, p in files.items()}, stats)

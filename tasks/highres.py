@@ -12,6 +12,8 @@ Training images: ``highres.dataset`` (Parquet or ImageFolder; on a cluster, a pa
 the dedup output's shards streamed as in pretraining. Output ``<root>/highres/<key>/``: ``backbone.safetensors``
 (self-describing: architecture at the new size and the high-res train config in its metadata), ``checkpoint.pt``
 (full trainer state, weights-only loadable) and ``history.json`` (logged losses), beside the Ray run (``ray/``).
+A timm-only backbone (DINOv3's RoPE ViT, passed through by pretrain from ``train.init_from``) cannot be trained here:
+with ``highres.steps=0`` it goes on unchanged (``backbone.safetensors`` only), otherwise the stage raises.
 """
 
 from __future__ import annotations
@@ -78,6 +80,18 @@ def highres(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: Sta
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         loaded = load_stage_model(model, local / "in", expected=cfg.train.model)
+        if loaded.timm_arch is not None:  # e.g. DINOv3's RoPE ViT passed through by pretrain (train.init_from)
+            if cfg.highres.steps:
+                raise ValueError(f"highres.steps={cfg.highres.steps}: the model {model.uri} is a timm "
+                                 f"{loaded.timm_arch.name} ({loaded.layout} layout), which high-res training cannot "
+                                 "adapt (FrancaViT only); set highres.steps=0 to pass it on unchanged")
+            # RoPE needs no position grid resize: the model passes on as it is
+            save_backbone(loaded.network.eval(), loaded.model_cfg, local / names["backbone"],
+                          train_config=loaded.train_config)
+            _put(ws, local, {"backbone": names["backbone"]})
+            out_digest = hashlib.sha256((local / names["backbone"]).read_bytes()).hexdigest()
+            return ws.result(out_digest, {"backbone": names["backbone"]},
+                             {"steps": 0, "global_size": None, "timm": loaded.timm_arch.name})
         base = base_train_config(cfg, loaded.train_config)
         hr_cfg = highres_train_config(base, cfg.highres)  # raises on sizes that are no multiple of the patch
         resized, _ = resized_backbone(loaded.backbone, base.model, cfg.highres.global_size)

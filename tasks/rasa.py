@@ -27,7 +27,7 @@ from franca_core.eval.plots import plot_rasa
 from franca_core.eval.position_probe import augmented_tokens, fit_rasa_tokens
 from franca_core.rasa import RasaResult
 from tasks.common.contract import stage
-from tasks.common.model_io import init_provenance, load_stage_model, shard_images
+from tasks.common.model_io import load_stage_model, shard_images
 from tasks.common.ray_gpu import run_with_gpus
 from tasks.common.store import StageResult, Workspace
 
@@ -60,8 +60,8 @@ def fit_rasa_on_device(backbone: nn.Module, images: EvalSet, rasa_cfg: RasaConfi
         "features_per_s": round(views / seconds, 2) if seconds > 0 else None}
 
 
-@stage("rasa", reads=("rasa", "eval.seed", "eval.batch_size", "train.model.img_size", "train.seed", "train.init_from"),
-       files=("rasa.dataset", "train.init_from"), inputs=("model", "dataset"),
+@stage("rasa", reads=("rasa", "eval.seed", "eval.batch_size", "train.model.img_size", "train.seed"),
+       files=("rasa.dataset",), inputs=("model", "dataset"),
        operational=("eval.device", "eval.num_gpus"))
 def rasa(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: StageResult) -> StageResult:
     """Fit RASA for ``model`` (a pretrain or highres output); returns the rasa output (files: rasa, summary, plot)."""
@@ -84,5 +84,4 @@ def rasa(cfg: PipelineConfig, ws: Workspace, model: StageResult, dataset: StageR
                 ws.fs.put(str(local / name), f"{out}/{name}")
         out_digest = hashlib.sha256((local / "rasa.safetensors").read_bytes()).hexdigest()
     stats = {k: v for k, v in summary.items() if k != "rounds"} | {"rounds": len(result.rounds)} | device_stats
-    stats |= init_provenance(cfg.train.init_from)  # the weights training started from, if any
     return ws.result(out_digest, names, stats)

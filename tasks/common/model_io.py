@@ -14,10 +14,10 @@ are copied to a local folder first.
   original key layout (``franca_core.models.foreign``);
 - ``timm:<model name>:<weights file>`` (the file local or ``s3://``).
 
-``train.init_from`` (a local or ``s3://`` file of any layout above; its content enters the keys of the stages that
-declare it): ``init_backbone_state`` gives its weights at the configured architecture and size, for the training
+``train.init_from`` (a local or ``s3://`` file of any layout above; its content enters the pretrain key, and so every
+key after it): ``init_backbone_state`` gives its weights at the configured architecture and size, for the training
 stages to start from; ``init_result`` makes it an upstream model result, for a flow that runs the post-training
-stages on it directly; ``init_provenance`` is what the rasa and evaluate stages record of it.
+stages on it directly; ``init_provenance`` is what the pretrain stage records of it.
 """
 
 from __future__ import annotations
