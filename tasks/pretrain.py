@@ -30,8 +30,8 @@ from franca_core.config import PipelineConfig, TrainConfig
 from franca_core.highres import resized_backbone
 from franca_core.models.backbone import FrancaViT
 from franca_core.models.io import save_backbone
-from tasks.common.contract import stage
-from tasks.common.model_io import init_backbone_state, init_provenance, load_model
+from tasks.common.contract import file_digests, stage
+from tasks.common.model_io import init_backbone_state, load_model
 from tasks.common.ray_train import OPERATIONAL_FIELDS, fit, publish_bytes, run_stats
 from tasks.common.store import StageResult, Workspace
 
@@ -51,8 +51,16 @@ def _publish(ws: Workspace, cfg: TrainConfig, dataset: StageResult, result: ray.
     files = {"teacher": "teacher.safetensors", "backbone": "backbone.safetensors", "train_config": "train_config.json",
              "checkpoint": ws.store.uri(result.checkpoint.path), "ray_run": ws.store.uri(result.path)}
     stats = {**run_stats(ws, cfg, result, state), "ln_k": math.log(cfg.heads.dino.n_prototypes),
-             "dataset_digest": dataset.digest, **init_provenance(cfg.init_from)}
+             "dataset_digest": dataset.digest, **_provenance(ws, cfg)}
     return ws.result(hashlib.sha256(blobs["teacher.safetensors"]).hexdigest(), files, stats)
+
+
+def _provenance(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
+    """``init_from`` and the sha256 of its weights file (as the stage's key hashed it), when set."""
+    if not cfg.init_from:
+        return {}
+    digest = ws.recipe.get("files", {}).get("train.init_from") or file_digests("train.init_from", cfg.init_from, None)
+    return {"init_from": cfg.init_from, "init_from_sha256": digest}
 
 
 def _mismatch(cfg: TrainConfig, exc: ValueError) -> ValueError:
@@ -94,7 +102,7 @@ def _pass_through(ws: Workspace, cfg: TrainConfig, dataset: StageResult) -> Stag
     publish_bytes(ws, {"backbone.safetensors": blob, "train_config.json": cfg.model_dump_json(indent=1).encode()})
     files = {"backbone": "backbone.safetensors", "train_config": "train_config.json"}
     stats = {"steps": 0, "layout": loaded.layout, "timm": loaded.timm_arch.name if loaded.timm_arch else None,
-             "dataset_digest": dataset.digest, **init_provenance(cfg.init_from)}
+             "dataset_digest": dataset.digest, **_provenance(ws, cfg)}
     return ws.result(hashlib.sha256(blob).hexdigest(), files, stats)
 
 

@@ -34,6 +34,9 @@ from tasks.common.store import StageResult
 
 # ``data.source`` names a file or folder, or the generated corpus by this keyword.
 NOT_A_PATH = frozenset({"synthetic"})
+# A model spec ``timm:<model name>:<weights file>`` (``train.init_from``): the file's content is hashed, the name is in
+# the config value.
+TIMM_SPEC = "timm:"
 STAGE_NAMES = ("source", "select", "download", "dedup", "pretrain", "highres", "rasa", "evaluate", "register")
 
 
@@ -152,6 +155,8 @@ def file_digests(name: str, value: Any, memo: DigestMemo | None) -> Any:
         return [file_digests(name, v, memo) for v in value]
     if isinstance(value, dict):
         return {k: file_digests(f"{name}.{k}", v, memo) for k, v in sorted(value.items())}
+    if isinstance(value, str) and value.startswith(TIMM_SPEC):
+        return file_digests(name, value[len(TIMM_SPEC):].partition(":")[2], memo)
     try:
         return content_digest(str(value), memo)
     except FileNotFoundError:

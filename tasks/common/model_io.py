@@ -17,7 +17,7 @@ are copied to a local folder first.
 ``train.init_from`` (a local or ``s3://`` file of any layout above; its content enters the pretrain key, and so every
 key after it): ``init_backbone_state`` gives its weights at the configured architecture and size, for the training
 stages to start from; ``init_result`` makes it an upstream model result, for a flow that runs the post-training
-stages on it directly; ``init_provenance`` is what the pretrain stage records of it.
+stages on it directly.
 """
 
 from __future__ import annotations
@@ -165,11 +165,6 @@ def init_result(spec: str) -> StageResult:
     flow that runs highres / rasa / evaluate / register on it instead of on a pretrain output."""
     digest = content_digest(spec)
     return StageResult(stage=INIT_STAGE, uri=spec, input_digest=digest, digest=digest, files={"weights": spec})
-
-
-def init_provenance(spec: str | None) -> dict[str, str]:
-    """``{"init_from", "init_from_sha256"}`` of a set ``train.init_from`` (for a stage's stats), else ``{}``."""
-    return {"init_from": spec, "init_from_sha256": content_digest(spec)} if spec else {}
 
 
 def rasa_matrix_of(result: StageResult, folder: Path) -> torch.Tensor:

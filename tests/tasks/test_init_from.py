@@ -140,6 +140,31 @@ def test_pretrain_without_steps__passes_released_weights_on_to_rasa_and_evaluate
     assert "knn_top1.synthetic.cls" in report.stats["summary"]
 
 
+def test_pretrain_without_steps__a_timm_spec_by_its_file_content(tmp_path: Path) -> None:
+    import timm
+
+    from franca_core.models.io import load_model_spec
+
+    weights = tmp_path / "vit.safetensors"
+    torch.manual_seed(0)
+    save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), str(weights))
+    spec = f"timm:vit_tiny_patch16_224:{weights}"
+    arch = load_model_spec(spec).model_cfg
+    cfg = load_config("tiny", [f"storage.root={tmp_path / 'store'}", "train.optim.total_steps=0",
+                               f"train.init_from={spec}", "train.crops.global_size=224", "train.crops.local_size=96",
+                               *(f"train.model.{k}={getattr(arch, k)}" for k in
+                                 ("embed_dim", "depth", "num_heads", "patch_size", "num_registers", "ffn",
+                                  "img_size"))])
+    model = run_stage("pretrain", cfg, dataset=_upstream("dedup", 1))
+    assert model.stats["init_from_sha256"] == content_digest(str(weights))
+    assert model.stats["timm"] == "vit_tiny_patch16_224"
+    assert isinstance(load_stage_model(model, tmp_path / "read", cfg.train.model).network, TimmBackbone)
+    key = load_stage("pretrain").key(cfg, {"dataset": _upstream("dedup", 1)}).digest
+    assert key == model.input_digest
+    save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights))
+    assert load_stage("pretrain").key(cfg, {"dataset": _upstream("dedup", 1)}).digest != key
+
+
 def test_dinov3_pass_through__highres_without_steps_and_the_registered_pyfunc(tmp_path: Path) -> None:
     import mlflow
 
