@@ -109,7 +109,7 @@ def summarize(flow_run_id: str, settings: stack.StackSettings, profile: str, ove
     import mlflow
 
     from franca_cli.lineage import render
-    from tasks.common import lineage
+    from tasks.common import lineage, tracking
 
     with stack.prefect_client(settings.prefect_api_url) as client:
         flow_run = client.read_flow_run(flow_run_id)
@@ -123,7 +123,7 @@ def summarize(flow_run_id: str, settings: stack.StackSettings, profile: str, ove
     c = mlflow.MlflowClient(settings.mlflow_uri)
     record = lineage.trace(c, f"models:/franca-{profile}@candidate")
     parent = c.get_run(record["pipeline"]["run_id"])
-    print(f"MLflow UI   {settings.mlflow_uri}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}")
+    print(f"MLflow UI   {tracking.ui_url(settings.mlflow_uri, parent.info.experiment_id, parent.info.run_id)}")
     print(f"model       models:/franca-{profile}@candidate  ->  franca lineage models:/franca-{profile}@candidate")
     print("\n" + render(record, None))
     evaluate = next(s for s in record["stages"] if s["stage"] == "evaluate")

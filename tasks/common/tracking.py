@@ -43,7 +43,8 @@ from tasks.common.store import StageResult
 
 TAG = "franca."
 REPO = Path(__file__).resolve().parents[1]
-# The MLflow UI opens an experiment in the view its kind names; without the tag it guesses, and guessed GenAI.
+# The experiment's kind, for MLflow UIs that read it. MLflow 3.17's UI does not: it takes its view (GenAI or model
+# training) from the link's workflowType, else the browser's last choice, else GenAI; hence ``ui_url``.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 TRAINING_STAGES = ("pretrain", "highres")  # their runs carry MLflow system metrics (CPU, memory, GPU if pynvml)
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -55,6 +56,12 @@ def tracking_uri(cfg: PipelineConfig) -> str:
     root = cfg.storage.root if "://" not in cfg.storage.root else str(Path(".franca").resolve())
     Path(root).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link that opens the experiment (or one of its runs) in the MLflow UI's model-training view."""
+    route = f"/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}{route}?workflowType=machine_learning"
 
 
 def client(cfg: PipelineConfig) -> MlflowClient:

@@ -187,7 +187,7 @@ def test_mlflow_ui__in_chromium_shows_the_lineage_tags_and_the_pretrain_loss_his
     """
     from infra.browser import Browser
     from infra.offline import CHROMIUM_BINARIES
-    from tasks.common import lineage
+    from tasks.common import lineage, tracking
 
     if not any(shutil.which(b) for b in CHROMIUM_BINARIES):
         pytest.skip("no Chromium: `make chromium` installs Debian's (make test does)")
@@ -201,7 +201,14 @@ def test_mlflow_ui__in_chromium_shows_the_lineage_tags_and_the_pretrain_loss_his
     shots = Path(os.environ.get("FRANCA_UI_SCREENSHOTS") or tmp_path)
     model_page = f"{live.settings.mlflow_uri}/#/models/franca-tiny/versions/{version.version}"
     digest = tags["franca.dataset_digest"]
+    parent = c.get_run(pretrain.data.tags["mlflow.parentRunId"])
     with Browser(height=1000) as b:
+        # A fresh browser, as a user's first click on the link franca demo prints: the experiment's runs table (the
+        # model-training view), not the GenAI overview the UI falls back to.
+        b.open(tracking.ui_url(live.settings.mlflow_uri, pretrain.info.experiment_id))
+        b.wait(f"document.body.innerText.includes({json.dumps(parent.info.run_name)})",
+               what=f"the flow run {parent.info.run_name} in the runs table")
+        assert "genai" not in b.evaluate("location.hash")
         b.open(model_page)
         b.wait(f"document.body.innerText.includes({json.dumps(digest)})", what=f"the dataset digest {digest}")
         b.evaluate(UI_MODEL_TRAINING)
