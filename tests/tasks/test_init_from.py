@@ -107,18 +107,21 @@ def _images(folder: Path, size: int) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["dinov2", "dinov3"])
-def test_pretrain_without_steps__passes_released_weights_on_to_rasa_and_evaluate(tmp_path: Path, layout: str) -> None:
+def test_pretrain_without_steps__passes_released_weights_on_to_highres_rasa_and_evaluate(tmp_path: Path,
+                                                                                         layout: str) -> None:
+    """As flows/full_pipeline.py wires them: pretrain -> highres (0 steps) -> rasa, evaluate."""
     if layout == "dinov2":
         _, orig, _ = _dinov2_reference(registers=4, swiglu=False)
-        model_fields, size = DINOV2, 56
+        model_fields, size, hr_size = DINOV2, 56, 112
     else:
         _, orig = _dinov3_reference(swiglu=False)
-        model_fields, size = DINOV3, 64
+        model_fields, size, hr_size = DINOV3, 64, 96
     weights = tmp_path / f"{layout}.pth"
     torch.save(orig, weights)
     cfg = load_config("tiny", [f"storage.root={tmp_path / 'store'}", *model_fields, "train.optim.total_steps=0",
                                f"train.init_from={weights}", f"rasa.dataset={_images(tmp_path / 'images', size)}",
-                               *RASA_FAST, *EVAL_FAST])
+                               "highres.steps=0", f"highres.global_size={hr_size}",
+                               f"highres.local_size={size // 2}", *RASA_FAST, *EVAL_FAST])
     dataset = _upstream("dedup", 1)
     model = run_stage("pretrain", cfg, dataset=dataset)  # no Ray: nothing to train
     assert model.stats["steps"] == 0 and model.stats["init_from_sha256"] == content_digest(str(weights))
@@ -134,9 +137,11 @@ def test_pretrain_without_steps__passes_released_weights_on_to_rasa_and_evaluate
                            orig["blocks.1.attn.qkv.weight"][:64])
     assert run_stage("pretrain", cfg, dataset=dataset).cached
 
-    rasa = run_stage("rasa", cfg, model=model, dataset=dataset)
+    highres = run_stage("highres", cfg, model=model, dataset=dataset)
+    assert highres.stats["steps"] == 0
+    rasa = run_stage("rasa", cfg, model=highres, dataset=dataset)
     assert load_file(rasa.files["rasa"])["rasa.matrix"].shape == (64, 64)
-    report = run_stage("evaluate", cfg, model=model, rasa=rasa)
+    report = run_stage("evaluate", cfg, model=highres, rasa=rasa)
     assert "knn_top1.synthetic.cls" in report.stats["summary"]
 
 
