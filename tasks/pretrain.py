@@ -64,9 +64,10 @@ def _provenance(ws: Workspace, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _mismatch(cfg: TrainConfig, exc: ValueError) -> ValueError:
-    """A ``train.init_from`` that does not fit ``train.model``: one error naming both."""
+    """A ``train.init_from`` that does not load as ``train.model`` (another architecture, an unreadable file): one
+    error naming both."""
     m = cfg.model
-    return ValueError(f"train.init_from={cfg.init_from} does not fit train.model (embed_dim={m.embed_dim}, "
+    return ValueError(f"train.init_from={cfg.init_from} does not load as train.model (embed_dim={m.embed_dim}, "
                       f"depth={m.depth}, num_heads={m.num_heads}, patch_size={m.patch_size}, "
                       f"num_registers={m.num_registers}, ffn={m.ffn}): {exc}")
 

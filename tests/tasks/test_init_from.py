@@ -74,7 +74,7 @@ def test_pretrain__bad_init_from_or_no_steps_without_one_raise_before_any_traini
     torch.save(orig, tmp_path / "dinov2.pth")
     root = f"storage.root={tmp_path / 'store'}"
     cfg = load_config("tiny", [root, *DINOV2, "train.model.depth=3", f"train.init_from={tmp_path / 'dinov2.pth'}"])
-    with pytest.raises(ValueError, match=r"train.init_from=.*dinov2.pth does not fit train.model \(embed_dim=64, "
+    with pytest.raises(ValueError, match=r"train.init_from=.*dinov2.pth does not load as train.model \(embed_dim=64, "
                                          r"depth=3, .*another architecture: depth=2 \(expected 3\)"):
         run_stage("pretrain", cfg, dataset=_upstream("dedup", 1))
     with pytest.raises(ValueError, match="total_steps=0 trains nothing and train.init_from is not set"):
