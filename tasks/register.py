@@ -32,7 +32,7 @@ from tasks.common.store import StageResult, Workspace
 from tasks.common.tracking import TAG
 
 # Which outputs of the upstream stages make up the registered model (logical names in StageResult.files).
-MODEL_FILES = {"model": ("backbone", "model", "weights"), "rasa": ("rasa",)}
+MODEL_FILES = {"model": ("backbone", "model"), "rasa": ("rasa",)}
 USAGE = ("MLflow pyfunc: mlflow.pyfunc.load_model(uri).predict(images) with float32 (N, 3, H, W) ImageNet-normalised "
          "images returns {'cls': (N, D), 'patch': (N, HW/p^2, D)}, RASA on the patch tokens; params={'dim': d} keeps "
          "the first d dimensions. Lineage: tags franca.*, lineage.svg on the run.")

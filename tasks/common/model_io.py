@@ -16,13 +16,13 @@ are copied to a local folder first.
 
 ``train.init_from`` (a local or ``s3://`` file of any layout above; its content enters the pretrain key, and so every
 key after it): ``init_backbone_state`` gives its weights at the configured architecture and size, for the training
-stages to start from; ``init_result`` makes it an upstream model result, for a flow that runs the post-training
-stages on it directly.
+stages to start from (the pretrain stage passes it through untrained at ``train.optim.total_steps=0``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,13 @@ from franca_core.config import ModelConfig, TrainConfig
 from franca_core.data.shards import IMAGE_EXTENSIONS, ShardIndex
 from franca_core.highres import resized_backbone
 from franca_core.models.io import TIMM_PREFIX, LoadedBackbone, check_architecture, load_backbone, load_model_spec
-from tasks.common.digests import content_digest, local_copy
+from tasks.common.digests import local_copy
 from tasks.common.store import StageResult
 
 
 def load_stage_model(result: StageResult, folder: Path, expected: ModelConfig | None = None) -> LoadedBackbone:
     """The backbone of a pretrain / highres output (or any result with a ``backbone`` or ``checkpoint`` file)."""
     files = result.files
-    if "weights" in files:  # any model spec (``init_result``)
-        return load_model(str(files["weights"]), folder, expected=expected)
     if "backbone" in files and str(files["backbone"]).endswith(".safetensors"):
         model_cfg = train = None
         if "train_config" in files:
@@ -69,6 +67,8 @@ def registry_files(uri: str, folder: Path, tracking_uri: str | None = None) -> P
 
     ref = uri.removeprefix(MODELS_PREFIX)
     name, at, alias = ref.partition("@")
+    # MLFLOW_TRACKING_URI as this call sees it: mlflow's process-wide URI may still name a store set up earlier.
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
         if at:
@@ -144,9 +144,6 @@ def load_model(spec: str, folder: Path, num_heads: int | None = None, expected: 
     return loaded
 
 
-INIT_STAGE = "init_from"
-
-
 def init_backbone_state(spec: str, model_cfg: ModelConfig, folder: Path) -> dict[str, Tensor]:
     """The ``FrancaViT`` weights of ``spec`` (``train.init_from``) for ``model_cfg``: its architecture checked (heads
     as configured), its position grid resized to ``model_cfg.img_size``. Load them into the student and the teacher
@@ -158,13 +155,6 @@ def init_backbone_state(spec: str, model_cfg: ModelConfig, folder: Path) -> dict
     loaded = load_model(spec, folder, num_heads=model_cfg.num_heads, expected=model_cfg)
     resized, _ = resized_backbone(loaded.backbone, loaded.model_cfg, model_cfg.img_size)
     return {k: v.contiguous() for k, v in resized.state_dict().items()}
-
-
-def init_result(spec: str) -> StageResult:
-    """``train.init_from`` as an upstream model result (``files["weights"]``, digest = its content's sha256), for a
-    flow that runs highres / rasa / evaluate / register on it instead of on a pretrain output."""
-    digest = content_digest(spec)
-    return StageResult(stage=INIT_STAGE, uri=spec, input_digest=digest, digest=digest, files={"weights": spec})
 
 
 def rasa_matrix_of(result: StageResult, folder: Path) -> torch.Tensor:
