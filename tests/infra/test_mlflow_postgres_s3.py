@@ -18,7 +18,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import pytest
 
 from infra.offline import offline_env
 from infra.stack import free_port
+from tests.mlflow_server import mlflow_server as serve_mlflow
 
 _spec = importlib.util.spec_from_file_location("e2e_stack", Path(__file__).parents[1] / "flows" / "e2e_stack.py")
 e2e = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -124,38 +124,11 @@ def moto_server(root: Path) -> Iterator[str]:
 @contextmanager
 def mlflow_server(root: Path, pg_port: int, s3_endpoint: str) -> Iterator[str]:
     """``mlflow server`` on the PostgreSQL store with artifacts proxied to ``s3://BUCKET/artifacts``."""
-    port = free_port()
-    env = {**os.environ, **offline_env(), "PGPASSWORD": PG_PASSWORD, "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-           "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"postgresql+psycopg2://franca@127.0.0.1:{pg_port}/mlflow",
-           "--artifacts-destination", f"s3://{BUCKET}/artifacts", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    log = root / "mlflow.log"
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.read() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"mlflow server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not ready in 180 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.5)
+    env = {"PGPASSWORD": PG_PASSWORD, "AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    with serve_mlflow(root, backend_uri=f"postgresql+psycopg2://franca@127.0.0.1:{pg_port}/mlflow",
+                      artifacts=f"s3://{BUCKET}/artifacts", env=env) as uri:
         yield uri
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker
-            proc.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def test_franca_run__tracks_to_mlflow_on_postgresql_and_s3__lineage_verifies(tmp_path: Path) -> None:

@@ -5,11 +5,7 @@ layout the register stage logs, and the older one with separate backbone / RASA 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from franca_core.models.foreign import TimmBackbone
 from franca_core.models.io import save_backbone
 from tasks.common.model_io import load_model
 from tests.franca_core.models.test_foreign_layouts import _dinov3_reference
-from tests.tasks.conftest import free_port
+from tests.mlflow_server import mlflow_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,30 +32,8 @@ CFG = ModelConfig(embed_dim=64, depth=2, num_heads=2, patch_size=16, img_size=32
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1 (SQLite + local artifacts)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with (root / "server.log").open("wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                                 f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.read().decode().strip() == "OK":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-2000:]
-            time.sleep(0.5)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
 
 
 def _register(uri: str, name: str, folder: Path, alias: str | None = None) -> str:

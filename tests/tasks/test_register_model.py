@@ -8,11 +8,7 @@ upstream run ids) under one parent run; the model and RASA files are real (a tin
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +24,10 @@ from franca_core.export import example_images, feature_model
 from franca_core.models.backbone import build_backbone
 from franca_core.models.io import load_backbone, save_backbone
 from tasks.common.store import StageResult
-from tests.tasks.conftest import free_port
+from tests.mlflow_server import mlflow_server as serve_mlflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 # stage -> {role: upstream stage}, as flows/full_pipeline.py wires them (register's inputs come last)
 UPSTREAM = {"source": {}, "select": {"urls": "source"}, "download": {"subset": "select"},
             "dedup": {"shards": "download"}, "pretrain": {"dataset": "dedup"},
@@ -45,31 +40,8 @@ MODEL = ["train.model.embed_dim=64", "train.model.depth=2", "train.model.num_hea
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1 (SQLite + local artifacts), as ``infra.stack`` starts it."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with (root / "server.log").open("wb") as log:
-        proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                                 "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, cwd=root, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.read().decode().strip() == "OK":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with serve_mlflow(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
 
 
 @pytest.fixture(scope="module")
