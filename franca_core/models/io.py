@@ -38,6 +38,7 @@ from franca_core.models.foreign import (
     detect_layout,
     dinov3_arch,
     franca_model_config,
+    load_strict,
     timm_backbone,
     timm_model_config,
     to_franca_state,
@@ -104,19 +105,8 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 def _build_and_load(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str) -> FrancaViT:
     backbone = build_backbone(cfg, drop_path=0.0)
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        detail = "; ".join(part for part in (
-            f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}" if missing else "",
-            f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}" if unexpected else "",
-            f"shape mismatch {shapes[:3]}" if shapes else "") if part)
-        raise ValueError(f"checkpoint {source} does not match its stated architecture "
-                         f"(embed_dim={cfg.embed_dim}, depth={cfg.depth}, patch_size={cfg.patch_size}): {detail}")
-    backbone.load_state_dict(state)
+    load_strict(backbone, state, f"checkpoint {source}", f"its stated architecture (embed_dim={cfg.embed_dim}, "
+                f"depth={cfg.depth}, patch_size={cfg.patch_size})")
     return backbone.eval()
 
 

@@ -44,7 +44,7 @@ def test_load_backbone__weights_that_do_not_fit_the_stated_config_raise(tmp_path
     state["config"]["model"]["embed_dim"] = 96
     state["config"]["model"]["num_heads"] = 3
     bad = save_checkpoint(state, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="does not match its stated architecture.*shape mismatch"):
+    with pytest.raises(ValueError, match="does not fit its stated architecture.*shape mismatch"):
         load_backbone(bad)
 
 
